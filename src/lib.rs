@@ -5,5 +5,10 @@
 //! parallel file hasher that composer and member share, [`conductor`] the tracker service and
 //! [`member`] the peer.
 
+pub mod cli;
+pub mod conductor;
+pub mod hashing;
+pub mod json;
+pub mod member;
 pub mod orch;
 pub mod wire;

@@ -124,7 +124,10 @@ impl fmt::Display for OrchError {
                 write!(f, "expected the {what} as 64 hex digits (SHA-256)")
             }
             BadNumber { what, found } => {
-                write!(f, "expected the {what} as a whole number of bytes, found {found:?}")
+                write!(
+                    f,
+                    "expected the {what} as a whole number of bytes, found {found:?}"
+                )
             }
             PartSizeOutOfRange { part_size } => write!(
                 f,
@@ -192,13 +195,14 @@ impl Orchestra {
     pub fn read(path: &Path) -> anyhow::Result<Orchestra> {
         use anyhow::Context;
         use std::io::Read;
-        let file = std::fs::File::open(path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
+        let file =
+            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         let mut bytes = Vec::new();
         file.take(MAX_ORCH_BYTES as u64 + 1)
             .read_to_end(&mut bytes)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        Orchestra::parse_bytes(&bytes).with_context(|| format!("{} is not a valid .orch", path.display()))
+        Orchestra::parse_bytes(&bytes)
+            .with_context(|| format!("{} is not a valid .orch", path.display()))
     }
 
     /// Parses raw bytes (which must be UTF-8).
@@ -231,7 +235,9 @@ impl Orchestra {
         check_filename(filename).map_err(|why| err(2, OrchErrorKind::BadFilename(why)))?;
         let file_checksum = Checksum::from_hex(next("the full-file checksum")?).ok_or(err(
             3,
-            OrchErrorKind::BadChecksum { what: "full-file checksum" },
+            OrchErrorKind::BadChecksum {
+                what: "full-file checksum",
+            },
         ))?;
         let file_size = parse_number(next("the file size")?, 4, "file size")?;
         let part_size = parse_number(next("the part size")?, 5, "part size")?;
@@ -244,7 +250,10 @@ impl Orchestra {
             return Err(err(4, OrchErrorKind::TooManyParts { parts: expected }));
         }
         if declared != expected {
-            return Err(err(6, OrchErrorKind::PartCountMismatch { declared, expected }));
+            return Err(err(
+                6,
+                OrchErrorKind::PartCountMismatch { declared, expected },
+            ));
         }
 
         // `declared` is now at most MAX_PARTS, so this allocation is bounded.
@@ -256,7 +265,9 @@ impl Orchestra {
             }
             let checksum = Checksum::from_hex(line).ok_or(err(
                 this_line,
-                OrchErrorKind::BadChecksum { what: "part checksum" },
+                OrchErrorKind::BadChecksum {
+                    what: "part checksum",
+                },
             ))?;
             part_checksums.push(checksum);
         }
@@ -380,7 +391,10 @@ pub fn check_filename(name: &str) -> Result<(), String> {
         return Err("it is empty".into());
     }
     if name.len() > MAX_FILENAME_BYTES {
-        return Err(format!("it is {} bytes, more than {MAX_FILENAME_BYTES}", name.len()));
+        return Err(format!(
+            "it is {} bytes, more than {MAX_FILENAME_BYTES}",
+            name.len()
+        ));
     }
     if name == "." || name == ".." {
         return Err(format!("{name:?} names a folder, not a file"));
@@ -396,14 +410,21 @@ pub fn check_filename(name: &str) -> Result<(), String> {
         return Err(format!("{name:?} starts with a drive prefix"));
     }
     if name.contains(':') {
-        return Err(format!("{name:?} contains ':' (a drive or stream separator on Windows)"));
+        return Err(format!(
+            "{name:?} contains ':' (a drive or stream separator on Windows)"
+        ));
     }
     let stem = name.split('.').next().unwrap_or(name).trim_end();
-    if WINDOWS_RESERVED.iter().any(|r| r.eq_ignore_ascii_case(stem)) {
+    if WINDOWS_RESERVED
+        .iter()
+        .any(|r| r.eq_ignore_ascii_case(stem))
+    {
         return Err(format!("{name:?} is a reserved device name on Windows"));
     }
     if name.ends_with('.') || name.ends_with(' ') {
-        return Err(format!("{name:?} ends with a dot or space, which Windows drops"));
+        return Err(format!(
+            "{name:?} ends with a dot or space, which Windows drops"
+        ));
     }
     Ok(())
 }
@@ -415,7 +436,12 @@ pub fn check_conductor(text: &str) -> Result<(), String> {
         .ok_or_else(|| format!("{:?} has no ':PORT'", truncate(text)))?;
     match port.parse::<u16>() {
         Ok(p) if p > 0 && port.bytes().all(|b| b.is_ascii_digit()) => {}
-        _ => return Err(format!("port {:?} is not a number from 1 to 65535", truncate(port))),
+        _ => {
+            return Err(format!(
+                "port {:?} is not a number from 1 to 65535",
+                truncate(port)
+            ))
+        }
     }
     if let Some(inner) = host.strip_prefix('[') {
         let inner = inner
@@ -437,7 +463,8 @@ pub fn check_conductor(text: &str) -> Result<(), String> {
             && l.len() <= 63
             && !l.starts_with('-')
             && !l.ends_with('-')
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     };
     if !host.split('.').all(label_ok) {
         return Err(format!(
@@ -513,10 +540,28 @@ mod tests {
 
     #[test]
     fn conductors() {
-        for ok in ["127.0.0.1:9000", "[::1]:9000", "[fe80::1]:1", "tracker.example.org:65535", "host:1"] {
+        for ok in [
+            "127.0.0.1:9000",
+            "[::1]:9000",
+            "[fe80::1]:1",
+            "tracker.example.org:65535",
+            "host:1",
+        ] {
             assert_eq!(check_conductor(ok), Ok(()), "{ok}");
         }
-        for bad in ["", "host", "host:", ":80", "host:0", "host:65536", "[::1:80", "[zz]:80", "a b:80", "host:+80", "-a:1"] {
+        for bad in [
+            "",
+            "host",
+            "host:",
+            ":80",
+            "host:0",
+            "host:65536",
+            "[::1:80",
+            "[zz]:80",
+            "a b:80",
+            "host:+80",
+            "-a:1",
+        ] {
             assert!(check_conductor(bad).is_err(), "{bad}");
         }
     }

@@ -68,10 +68,20 @@ pub enum WireError {
     LineTooLong,
     NotText,
     UnknownCommand(String),
-    Malformed { command: &'static str, why: String },
+    Malformed {
+        command: &'static str,
+        why: String,
+    },
     /// A length in a header that does not match what the `.orch` says.
-    BadLength { what: &'static str, got: u64, expected: u64 },
-    IndexOutOfRange { index: u64, parts: u32 },
+    BadLength {
+        what: &'static str,
+        got: u64,
+        expected: u64,
+    },
+    IndexOutOfRange {
+        index: u64,
+        parts: u32,
+    },
     /// The other side answered `ERROR ...`.
     Remote(String),
 }
@@ -85,11 +95,18 @@ impl fmt::Display for WireError {
             WireError::NotText => write!(f, "control line is not UTF-8 text"),
             WireError::UnknownCommand(c) => write!(f, "unknown command {c:?}"),
             WireError::Malformed { command, why } => write!(f, "malformed {command}: {why}"),
-            WireError::BadLength { what, got, expected } => {
+            WireError::BadLength {
+                what,
+                got,
+                expected,
+            } => {
                 write!(f, "{what} announces {got} bytes, expected {expected}")
             }
             WireError::IndexOutOfRange { index, parts } => {
-                write!(f, "part index {index} out of range (the file has {parts} parts)")
+                write!(
+                    f,
+                    "part index {index} out of range (the file has {parts} parts)"
+                )
             }
             WireError::Remote(why) => write!(f, "the other side says: {why}"),
         }
@@ -113,6 +130,15 @@ impl WireError {
     pub fn is_timeout(&self) -> bool {
         matches!(self, WireError::Io(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut))
     }
+}
+
+/// The reason in an `ERROR <reason>` line.
+fn error_reason(line: &str) -> String {
+    line.trim_start()
+        .strip_prefix("ERROR")
+        .unwrap_or("")
+        .trim()
+        .to_string()
 }
 
 fn malformed(command: &'static str, why: impl Into<String>) -> WireError {
@@ -211,7 +237,10 @@ fn parse_peer_id(command: &'static str, text: Option<&str>) -> Result<PeerId, Wi
 fn parse_u64(command: &'static str, what: &str, text: Option<&str>) -> Result<u64, WireError> {
     let text = text.ok_or_else(|| malformed(command, format!("missing {what}")))?;
     if text.is_empty() || text.len() > 20 || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(malformed(command, format!("{what} {text:?} is not a number")));
+        return Err(malformed(
+            command,
+            format!("{what} {text:?} is not a number"),
+        ));
     }
     text.parse()
         .map_err(|_| malformed(command, format!("{what} {text:?} is too large")))
@@ -220,7 +249,10 @@ fn parse_u64(command: &'static str, what: &str, text: Option<&str>) -> Result<u6
 fn parse_port(command: &'static str, text: Option<&str>) -> Result<u16, WireError> {
     match parse_u64(command, "port", text)? {
         p @ 1..=65535 => Ok(p as u16),
-        p => Err(malformed(command, format!("port {p} is not from 1 to 65535"))),
+        p => Err(malformed(
+            command,
+            format!("port {p} is not from 1 to 65535"),
+        )),
     }
 }
 
@@ -240,7 +272,10 @@ fn parse_index(command: &'static str, text: Option<&str>, parts: u32) -> Result<
     Ok(index as u32)
 }
 
-fn no_more(command: &'static str, mut words: std::str::SplitAsciiWhitespace) -> Result<(), WireError> {
+fn no_more(
+    command: &'static str,
+    mut words: std::str::SplitAsciiWhitespace,
+) -> Result<(), WireError> {
     match words.next() {
         None => Ok(()),
         Some(extra) => Err(malformed(command, format!("unexpected {extra:?}"))),
@@ -250,7 +285,10 @@ fn no_more(command: &'static str, mut words: std::str::SplitAsciiWhitespace) -> 
 fn check_protocol(command: &'static str, text: Option<&str>) -> Result<(), WireError> {
     match text {
         Some(PROTOCOL) => Ok(()),
-        Some(other) => Err(malformed(command, format!("protocol {other:?}, we speak {PROTOCOL}"))),
+        Some(other) => Err(malformed(
+            command,
+            format!("protocol {other:?}, we speak {PROTOCOL}"),
+        )),
         None => Err(malformed(command, "missing protocol version")),
     }
 }
@@ -262,9 +300,17 @@ fn check_protocol(command: &'static str, text: Option<&str>) -> Result<(), WireE
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConductorRequest {
     /// `ANNOUNCE tnc/1 <swarm> <peer id> <listen port>`: join or refresh, and ask for peers.
-    Announce { swarm: SwarmId, peer_id: PeerId, port: u16 },
+    Announce {
+        swarm: SwarmId,
+        peer_id: PeerId,
+        port: u16,
+    },
     /// `LEAVE tnc/1 <swarm> <peer id> <listen port>`: the member is quitting.
-    Leave { swarm: SwarmId, peer_id: PeerId, port: u16 },
+    Leave {
+        swarm: SwarmId,
+        peer_id: PeerId,
+        port: u16,
+    },
     /// `STATS`: counters for operators.
     Stats,
 }
@@ -282,9 +328,17 @@ impl ConductorRequest {
                 let port = parse_port(command, words.next())?;
                 no_more(command, words)?;
                 if announce {
-                    ConductorRequest::Announce { swarm, peer_id, port }
+                    ConductorRequest::Announce {
+                        swarm,
+                        peer_id,
+                        port,
+                    }
                 } else {
-                    ConductorRequest::Leave { swarm, peer_id, port }
+                    ConductorRequest::Leave {
+                        swarm,
+                        peer_id,
+                        port,
+                    }
                 }
             }
             Some("STATS") => {
@@ -299,10 +353,18 @@ impl ConductorRequest {
 
     pub fn to_line(&self) -> String {
         match self {
-            ConductorRequest::Announce { swarm, peer_id, port } => {
+            ConductorRequest::Announce {
+                swarm,
+                peer_id,
+                port,
+            } => {
                 format!("ANNOUNCE {PROTOCOL} {swarm} {peer_id} {port}\n")
             }
-            ConductorRequest::Leave { swarm, peer_id, port } => {
+            ConductorRequest::Leave {
+                swarm,
+                peer_id,
+                port,
+            } => {
                 format!("LEAVE {PROTOCOL} {swarm} {peer_id} {port}\n")
             }
             ConductorRequest::Stats => "STATS\n".to_string(),
@@ -322,7 +384,10 @@ pub struct ConductorStats {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ConductorReply {
     /// `PEERS <interval ms> <count>` then `count` lines of `IP:PORT`.
-    Peers { interval_ms: u64, peers: Vec<SocketAddr> },
+    Peers {
+        interval_ms: u64,
+        peers: Vec<SocketAddr>,
+    },
     /// `OK`, the answer to `LEAVE`.
     Ok,
     /// `STATS <swarms> <members> <announces per second>`.
@@ -395,9 +460,7 @@ impl ConductorReply {
                     announces_per_sec: rate,
                 }))
             }
-            Some("ERROR") => Ok(ConductorReply::Error(
-                line.get(5..).unwrap_or("").trim().to_string(),
-            )),
+            Some("ERROR") => Ok(ConductorReply::Error(error_reason(line))),
             Some(other) => Err(WireError::UnknownCommand(other.chars().take(32).collect())),
             None => Err(WireError::UnknownCommand(String::new())),
         }
@@ -421,9 +484,7 @@ impl Hello {
         let mut words = line.split_ascii_whitespace();
         match words.next() {
             Some("HELLO") => {}
-            Some("ERROR") => {
-                return Err(WireError::Remote(line.get(5..).unwrap_or("").trim().to_string()))
-            }
+            Some("ERROR") => return Err(WireError::Remote(error_reason(line))),
             Some(other) => return Err(WireError::UnknownCommand(other.chars().take(32).collect())),
             None => return Err(WireError::UnknownCommand(String::new())),
         }
@@ -532,9 +593,7 @@ impl PeerMessage {
                 return Ok(PeerMessage::Pex(peers));
             }
             "PING" => PeerMessage::Ping,
-            "ERROR" => {
-                return Err(WireError::Remote(line.get(5..).unwrap_or("").trim().to_string()))
-            }
+            "ERROR" => return Err(WireError::Remote(error_reason(line))),
             other => return Err(WireError::UnknownCommand(other.chars().take(32).collect())),
         };
         let command = match message {
@@ -598,8 +657,16 @@ mod tests {
         let swarm = Checksum::of(b"x");
         let peer_id = PeerId::random();
         for request in [
-            ConductorRequest::Announce { swarm, peer_id, port: 7 },
-            ConductorRequest::Leave { swarm, peer_id, port: 65535 },
+            ConductorRequest::Announce {
+                swarm,
+                peer_id,
+                port: 7,
+            },
+            ConductorRequest::Leave {
+                swarm,
+                peer_id,
+                port: 65535,
+            },
             ConductorRequest::Stats,
         ] {
             let line = request.to_line();
@@ -611,7 +678,10 @@ mod tests {
         };
         let mut bytes = Vec::new();
         reply.write_to(&mut bytes).unwrap();
-        assert_eq!(ConductorReply::read_from(&mut reader(&bytes)).unwrap(), reply);
+        assert_eq!(
+            ConductorReply::read_from(&mut reader(&bytes)).unwrap(),
+            reply
+        );
     }
 
     #[test]
@@ -627,7 +697,10 @@ mod tests {
         ));
         assert!(matches!(
             PeerMessage::parse("REQUEST 10", 10, len),
-            Err(WireError::IndexOutOfRange { index: 10, parts: 10 })
+            Err(WireError::IndexOutOfRange {
+                index: 10,
+                parts: 10
+            })
         ));
         assert!(matches!(
             PeerMessage::parse("HAVEMAP 3", 10, len),

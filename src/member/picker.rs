@@ -1,0 +1,266 @@
+//! Which part to ask a peer for next: rarest first, random among equals, with an endgame.
+//!
+//! The picker is the one place that knows, for every part, whether we have it, how many connected
+//! peers have it and how many requests for it are out. Peer threads share it behind a mutex and
+//! hold that lock only for these bookkeeping calls, never across I/O.
+
+/// A set of part indices, as sent in a `HAVEMAP` (part 0 in the high bit of byte 0).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bitfield {
+    bytes: Vec<u8>,
+    len: u32,
+}
+
+impl Bitfield {
+    pub fn new(len: u32) -> Bitfield {
+        Bitfield {
+            bytes: vec![0; crate::wire::have_map_len(len)],
+            len,
+        }
+    }
+
+    /// Takes a received map, refusing one of the wrong size or with bits set past the end.
+    pub fn from_bytes(bytes: Vec<u8>, len: u32) -> Result<Bitfield, String> {
+        let expected = crate::wire::have_map_len(len);
+        if bytes.len() != expected {
+            return Err(format!(
+                "have-map of {} bytes, expected {expected}",
+                bytes.len()
+            ));
+        }
+        let spare = (expected * 8) as u64 - u64::from(len);
+        if spare > 0 {
+            let mask = (1u8 << spare) - 1;
+            if bytes[expected - 1] & mask != 0 {
+                return Err("have-map has bits set past the last part".into());
+            }
+        }
+        Ok(Bitfield { bytes, len })
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn len(&self) -> u32 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn get(&self, index: u32) -> bool {
+        index < self.len && self.bytes[(index / 8) as usize] & (0x80 >> (index % 8)) != 0
+    }
+
+    /// Sets a bit; returns true if it was not set before.
+    pub fn set(&mut self, index: u32) -> bool {
+        if index >= self.len || self.get(index) {
+            return false;
+        }
+        self.bytes[(index / 8) as usize] |= 0x80 >> (index % 8);
+        true
+    }
+
+    pub fn clear(&mut self, index: u32) {
+        if index < self.len {
+            self.bytes[(index / 8) as usize] &= !(0x80 >> (index % 8));
+        }
+    }
+
+    pub fn count(&self) -> u32 {
+        self.bytes.iter().map(|b| b.count_ones()).sum()
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.count() == self.len
+    }
+
+    pub fn ones(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.len).filter(|&i| self.get(i))
+    }
+}
+
+/// How many requests for one part may be out at once in the endgame.
+const ENDGAME_COPIES: u8 = 2;
+
+pub struct Picker {
+    have: Bitfield,
+    /// How many connected peers have each part.
+    availability: Vec<u32>,
+    /// How many requests for each part are out.
+    in_flight: Vec<u8>,
+}
+
+impl Picker {
+    pub fn new(have: Bitfield) -> Picker {
+        let len = have.len() as usize;
+        Picker {
+            have,
+            availability: vec![0; len],
+            in_flight: vec![0; len],
+        }
+    }
+
+    pub fn have(&self) -> &Bitfield {
+        &self.have
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.have.is_full()
+    }
+
+    pub fn parts_done(&self) -> u32 {
+        self.have.count()
+    }
+
+    pub fn peer_has(&mut self, index: u32) {
+        if let Some(a) = self.availability.get_mut(index as usize) {
+            *a += 1;
+        }
+    }
+
+    pub fn peer_gone(&mut self, their_have: &Bitfield) {
+        for index in their_have.ones() {
+            let a = &mut self.availability[index as usize];
+            *a = a.saturating_sub(1);
+        }
+    }
+
+    /// True when the peer has any part we still need.
+    pub fn wants_from(&self, their_have: &Bitfield) -> bool {
+        their_have.ones().any(|i| !self.have.get(i))
+    }
+
+    /// Picks the next part to request from a peer that has `their_have`, skipping parts already
+    /// requested from that peer. Rarest first, random among the rarest; once every missing part
+    /// is requested somewhere, a second request for a part already out (the endgame), so that
+    /// the last parts do not wait on one slow peer.
+    pub fn pick(&mut self, their_have: &Bitfield, already_asked: &[u32]) -> Option<u32> {
+        let parts = self.have.len();
+        if parts == 0 {
+            return None;
+        }
+        let start = fastrand::u32(0..parts);
+        let mut best: Option<(u8, u32, u32)> = None; // (in_flight, availability, index)
+        let mut ties = 0u32;
+        for step in 0..parts {
+            let index = (start + step) % parts;
+            let i = index as usize;
+            if self.have.get(index) || !their_have.get(index) || self.in_flight[i] >= ENDGAME_COPIES
+            {
+                continue;
+            }
+            if self.in_flight[i] > 0 && already_asked.contains(&index) {
+                continue;
+            }
+            let key = (self.in_flight[i], self.availability[i]);
+            match best {
+                Some((f, a, _)) if key > (f, a) => {}
+                Some((f, a, _)) if key == (f, a) => {
+                    ties += 1;
+                    if fastrand::u32(0..ties) == 0 {
+                        best = Some((key.0, key.1, index));
+                    }
+                }
+                _ => {
+                    best = Some((key.0, key.1, index));
+                    ties = 1;
+                }
+            }
+        }
+        // Lowest (in flight, availability) wins, so a part already out is only chosen when
+        // every missing part this peer has is out somewhere: that is the endgame.
+        let (_, _, index) = best?;
+        self.in_flight[index as usize] += 1;
+        Some(index)
+    }
+
+    /// A request is over without the part (rejected, failed, or the peer went away).
+    pub fn release(&mut self, index: u32) {
+        if let Some(f) = self.in_flight.get_mut(index as usize) {
+            *f = f.saturating_sub(1);
+        }
+    }
+
+    /// A verified part is stored; returns false if we already had it (an endgame duplicate).
+    pub fn complete(&mut self, index: u32) -> bool {
+        self.release(index);
+        self.have.set(index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full(len: u32) -> Bitfield {
+        let mut b = Bitfield::new(len);
+        (0..len).for_each(|i| {
+            b.set(i);
+        });
+        b
+    }
+
+    #[test]
+    fn bitfield_rejects_spare_bits_and_wrong_sizes() {
+        assert!(Bitfield::from_bytes(vec![0xff, 0x80], 9).is_ok());
+        assert!(Bitfield::from_bytes(vec![0xff, 0xc0], 9).is_err());
+        assert!(Bitfield::from_bytes(vec![0xff], 9).is_err());
+        assert_eq!(full(9).count(), 9);
+        assert!(full(9).is_full());
+    }
+
+    #[test]
+    fn picks_rarest_first_and_never_a_part_we_have() {
+        let mut have = Bitfield::new(4);
+        have.set(0);
+        let mut picker = Picker::new(have);
+        let everything = full(4);
+        for i in 0..4 {
+            picker.peer_has(i);
+        }
+        picker.peer_has(1);
+        picker.peer_has(2);
+        // Part 3 is held by one peer, parts 1 and 2 by two: 3 comes first.
+        assert_eq!(picker.pick(&everything, &[]), Some(3));
+        let next = picker.pick(&everything, &[3]).unwrap();
+        assert!(next == 1 || next == 2);
+    }
+
+    #[test]
+    fn is_not_strictly_in_order() {
+        let firsts: std::collections::HashSet<u32> = (0..50)
+            .map(|_| {
+                Picker::new(Bitfield::new(100))
+                    .pick(&full(100), &[])
+                    .unwrap()
+            })
+            .collect();
+        assert!(firsts.len() > 10, "random tie-break picked only {firsts:?}");
+    }
+
+    #[test]
+    fn endgame_duplicates_only_when_nothing_else_is_left() {
+        let mut picker = Picker::new(Bitfield::new(2));
+        let everything = full(2);
+        let a = picker.pick(&everything, &[]).unwrap();
+        let b = picker.pick(&everything, &[a]).unwrap();
+        assert_ne!(a, b);
+        // A second peer may now ask for either, but never twice the same part from one peer.
+        let c = picker.pick(&everything, &[]).unwrap();
+        let d = picker.pick(&everything, &[c]).unwrap();
+        assert_ne!(c, d);
+        assert_eq!(
+            picker.pick(&everything, &[]),
+            None,
+            "at most two copies in flight"
+        );
+        assert!(picker.complete(a));
+        assert!(
+            !picker.complete(a),
+            "the endgame duplicate is not counted twice"
+        );
+    }
+}

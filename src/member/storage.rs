@@ -1,0 +1,349 @@
+//! Where a member keeps the file: positional reads and writes behind a small interface, and the
+//! life of a download on disk (fresh, resumed, seeding, finished).
+//!
+//! An unfinished download lives in `FILENAME.part`, beside `FILENAME.part.swarm`, which names the
+//! swarm it belongs to; only a completely verified file is renamed to `FILENAME`, and only if no
+//! file of that name appeared meanwhile. Resuming re-hashes the `.part` file instead of trusting
+//! a saved map, so a crash at any instant (even `kill -9` between a write and a bookkeeping
+//! update) can lose at most the parts that were in flight, and never turns a bad part into a
+//! "have".
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::hashing;
+use crate::member::picker::Bitfield;
+use crate::orch::{Checksum, Orchestra, SwarmId};
+
+/// Positional access to the file being shared. Implementations must allow concurrent calls:
+/// peer threads read and write different parts at once without a global lock.
+pub trait Storage: Send + Sync {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()>;
+    /// The underlying file, when there is one (lets the seeding side use `sendfile`).
+    fn file(&self) -> Option<&File> {
+        None
+    }
+}
+
+pub struct FileStorage {
+    file: File,
+}
+
+impl Storage for FileStorage {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(&self.file, buf, offset)
+    }
+
+    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        std::os::unix::fs::FileExt::write_all_at(&self.file, buf, offset)
+    }
+
+    fn file(&self) -> Option<&File> {
+        Some(&self.file)
+    }
+}
+
+/// The paths of one download.
+#[derive(Clone, Debug)]
+pub struct Paths {
+    pub complete: PathBuf,
+    pub partial: PathBuf,
+    pub marker: PathBuf,
+}
+
+impl Paths {
+    pub fn new(dir: &Path, orch: &Orchestra) -> Paths {
+        // `filename` was checked to be one plain path component when the .orch was parsed.
+        let complete = dir.join(&orch.filename);
+        let partial = dir.join(format!("{}.part", orch.filename));
+        let marker = dir.join(format!("{}.part.swarm", orch.filename));
+        Paths {
+            complete,
+            partial,
+            marker,
+        }
+    }
+}
+
+/// What was found on disk at start.
+pub struct Prepared {
+    pub storage: Box<dyn Storage>,
+    pub have: Bitfield,
+    pub paths: Paths,
+}
+
+/// Progress of the start-up check, for the screen.
+pub type VerifyProgress<'a> = &'a dyn Fn(u64);
+
+/// Opens or creates the download for `orch` in `dir`: the complete file to seed, a resumable
+/// partial download, or a new one. Never modifies a file that is not ours.
+pub fn prepare(dir: &Path, orch: &Orchestra, progress: VerifyProgress) -> Result<Prepared> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the download folder {}", dir.display()))?;
+    let paths = Paths::new(dir, orch);
+    let swarm = orch.swarm_id();
+
+    if let Ok(meta) = std::fs::symlink_metadata(&paths.complete) {
+        return open_complete(paths, orch, meta, progress);
+    }
+
+    let have = if paths.partial.exists() {
+        check_marker(&paths, swarm)?;
+        let parts = hashing::verify_parts(&paths.partial, orch, progress)
+            .with_context(|| format!("cannot check {}", paths.partial.display()))?;
+        let mut have = Bitfield::new(orch.part_count());
+        for (index, ok) in parts.iter().enumerate() {
+            if *ok {
+                have.set(index as u32);
+            }
+        }
+        have
+    } else {
+        warn_if_short_of_space(dir, orch.file_size);
+        write_marker(&paths, swarm)?;
+        Bitfield::new(orch.part_count())
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&paths.partial)
+        .with_context(|| format!("cannot open {}", paths.partial.display()))?;
+    size_up_front(&file, orch.file_size)
+        .with_context(|| format!("cannot make room for {}", paths.partial.display()))?;
+    Ok(Prepared {
+        storage: Box::new(FileStorage { file }),
+        have,
+        paths,
+    })
+}
+
+fn open_complete(
+    paths: Paths,
+    orch: &Orchestra,
+    meta: std::fs::Metadata,
+    progress: VerifyProgress,
+) -> Result<Prepared> {
+    let name = paths.complete.display();
+    if !meta.is_file() {
+        bail!(
+            "{name} exists and is not a regular file; not touching it (move it away or use --dir)"
+        );
+    }
+    if meta.len() != orch.file_size {
+        bail!(
+            "{name} exists but is {} bytes, not the {} bytes of this .orch; not touching it \
+             (move it away or use --dir)",
+            meta.len(),
+            orch.file_size
+        );
+    }
+    let hashes = hashing::hash_file(
+        &paths.complete,
+        orch.file_size,
+        orch.part_size,
+        true,
+        progress,
+    )
+    .with_context(|| format!("cannot check {name}"))?;
+    let bad = hashes
+        .parts
+        .iter()
+        .zip(&orch.part_checksums)
+        .filter(|(a, b)| a != b)
+        .count();
+    if bad > 0 || hashes.file != Some(orch.file_checksum) {
+        bail!(
+            "{name} exists but differs from this .orch ({bad} of {} parts differ); not touching \
+             it (move it away or use --dir)",
+            orch.part_count()
+        );
+    }
+    let file = File::open(&paths.complete).with_context(|| format!("cannot open {name}"))?;
+    let mut have = Bitfield::new(orch.part_count());
+    (0..orch.part_count()).for_each(|i| {
+        have.set(i);
+    });
+    Ok(Prepared {
+        storage: Box::new(FileStorage { file }),
+        have,
+        paths,
+    })
+}
+
+const MARKER_HEADER: &str = "torrentnchill partial download";
+
+fn write_marker(paths: &Paths, swarm: SwarmId) -> Result<()> {
+    let text = format!("{MARKER_HEADER}\nswarm {swarm}\n");
+    let tmp = paths.marker.with_extension("swarm.tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, &paths.marker))
+        .with_context(|| format!("cannot write {}", paths.marker.display()))
+}
+
+fn check_marker(paths: &Paths, swarm: SwarmId) -> Result<()> {
+    let foreign = |why: &str| {
+        anyhow::anyhow!(
+            "{} is not a download of this .orch ({why}); not touching it (remove it or use --dir)",
+            paths.partial.display()
+        )
+    };
+    let mut text = String::new();
+    File::open(&paths.marker)
+        .and_then(|f| f.take(4096).read_to_string(&mut text))
+        .map_err(|e| foreign(&format!("cannot read {}: {e}", paths.marker.display())))?;
+    let mut lines = text.lines();
+    if lines.next() != Some(MARKER_HEADER) {
+        return Err(foreign(&format!("{} is not ours", paths.marker.display())));
+    }
+    match lines
+        .next()
+        .and_then(|l| l.strip_prefix("swarm "))
+        .and_then(Checksum::from_hex)
+    {
+        Some(theirs) if theirs == swarm => Ok(()),
+        Some(theirs) => Err(foreign(&format!(
+            "it belongs to swarm {}, this .orch is swarm {}",
+            &theirs.to_hex()[..12],
+            &swarm.to_hex()[..12]
+        ))),
+        None => Err(foreign(&format!(
+            "{} names no swarm",
+            paths.marker.display()
+        ))),
+    }
+}
+
+/// Gives the file its full size at once and, where the file system allows, reserves the blocks,
+/// so that a full disk shows at start rather than in the middle of the download.
+fn size_up_front(file: &File, size: u64) -> io::Result<()> {
+    file.set_len(size)?;
+    if size > 0 {
+        use std::os::unix::io::AsRawFd;
+        let len = libc::off_t::try_from(size).map_err(|_| io::Error::other("file too large"))?;
+        // SAFETY: plain syscall on a valid open descriptor.
+        let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
+        match rc {
+            0 | libc::EOPNOTSUPP | libc::EINVAL => {}
+            libc::ENOSPC => {
+                return Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    format!("not enough free space for {size} bytes"),
+                ))
+            }
+            other => return Err(io::Error::from_raw_os_error(other)),
+        }
+    }
+    Ok(())
+}
+
+/// Free bytes on the file system holding `dir`, if it can be told.
+pub fn free_space(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and `stat` is a valid out-pointer.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return None;
+    }
+    Some((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+}
+
+fn warn_if_short_of_space(dir: &Path, needed: u64) {
+    if let Some(free) = free_space(dir) {
+        if free < needed {
+            log::warn!(
+                "{} has {free} bytes free, the file needs {needed}: the download will stop when \
+                 the disk is full",
+                dir.display()
+            );
+        }
+    }
+}
+
+/// Checks the whole file's SHA-256 and moves the download to its final name. Refuses to replace
+/// a file that appeared under that name meanwhile.
+///
+/// No fsync: it would cost seconds per GiB, and what it guards against (a power cut before the
+/// page cache is written) is caught anyway, since a member re-verifies a complete file at start.
+pub fn finish(paths: &Paths, orch: &Orchestra) -> Result<()> {
+    let actual = full_checksum(&paths.partial, orch.file_size)?;
+    if actual != orch.file_checksum {
+        return Err(InconsistentOrch(format!(
+            "{}: every part matched but the whole file's SHA-256 is {actual}, the .orch says {}; \
+             the .orch is inconsistent",
+            paths.partial.display(),
+            orch.file_checksum
+        ))
+        .into());
+    }
+    // A hard link fails if the name is taken, unlike rename, which would replace it.
+    match std::fs::hard_link(&paths.partial, &paths.complete) {
+        Ok(()) => {
+            std::fs::remove_file(&paths.partial)
+                .with_context(|| format!("cannot remove {}", paths.partial.display()))?;
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => bail!(
+            "{} appeared during the download; not replacing it (the verified download stays in {})",
+            paths.complete.display(),
+            paths.partial.display()
+        ),
+        Err(_) if !paths.complete.exists() => {
+            // File systems without hard links: rename, having just checked the name is free.
+            std::fs::rename(&paths.partial, &paths.complete).with_context(|| {
+                format!(
+                    "cannot rename {} to {}",
+                    paths.partial.display(),
+                    paths.complete.display()
+                )
+            })?;
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot create {}", paths.complete.display()))
+        }
+    }
+    let _ = std::fs::remove_file(&paths.marker);
+    Ok(())
+}
+
+/// Sorts a failure of [`finish`]: a whole-file checksum that differs although every part
+/// matched means the .orch is inconsistent; anything else is the disk.
+pub fn failure_kind(error: &anyhow::Error) -> super::FailureKind {
+    if error.downcast_ref::<InconsistentOrch>().is_some() {
+        super::FailureKind::BadOrch
+    } else {
+        super::FailureKind::Disk
+    }
+}
+
+#[derive(Debug)]
+struct InconsistentOrch(String);
+
+impl std::fmt::Display for InconsistentOrch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InconsistentOrch {}
+
+fn full_checksum(path: &Path, size: u64) -> Result<Checksum> {
+    use sha2::{Digest, Sha256};
+    let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 4 << 20];
+    let mut left = size;
+    while left > 0 {
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        file.read_exact(&mut buf[..want])
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        hasher.update(&buf[..want]);
+        left -= want as u64;
+    }
+    Ok(Checksum(hasher.finalize().into()))
+}
