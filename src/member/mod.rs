@@ -13,6 +13,8 @@
 //! They share one [`Shared`]: the piece picker behind a mutex, the table of live peers, counters
 //! and the shutdown signal. Nothing holds a lock across network or disk I/O.
 
+pub mod check;
+pub mod fullhash;
 pub mod peer;
 pub mod picker;
 pub mod storage;
@@ -159,6 +161,7 @@ pub struct Shared {
     pub picker: Mutex<Picker>,
     pub peers: Mutex<HashMap<PeerId, Arc<PeerLink>>>,
     pub tracker: tracker::Book,
+    pub full_hash: fullhash::FullHasher,
     pub counters: Counters,
     peers_used: Mutex<HashSet<PeerId>>,
     events: Mutex<Sender<Event>>,
@@ -256,14 +259,31 @@ impl Shared {
         let shared = Arc::clone(self);
         std::thread::Builder::new()
             .name("finisher".into())
-            .spawn(move || match storage::finish(&shared.paths, &shared.orch) {
-                Ok(()) => {
-                    log::info!("{} complete and verified", shared.paths.complete.display());
-                    shared.set_phase(Phase::Sharing);
-                    shared.emit(Event::Complete);
-                    shared.drop_complete_peers();
+            .spawn(move || {
+                let expected = shared.orch.file_checksum;
+                let result = match shared.full_hash.wait(&shared) {
+                    None => return, // shutting down: the parts stay on disk
+                    Some(Err(e)) => Err((FailureKind::Disk, e)),
+                    Some(Ok(actual)) if actual != expected => Err((
+                        FailureKind::BadOrch,
+                        format!(
+                            "{}: every part matched but the whole file's SHA-256 is {actual}, \
+                             the .orch says {expected}; the .orch is inconsistent",
+                            shared.paths.partial.display()
+                        ),
+                    )),
+                    Some(Ok(_)) => storage::finish(&shared.paths)
+                        .map_err(|e| (FailureKind::Disk, format!("{e:#}"))),
+                };
+                match result {
+                    Ok(()) => {
+                        log::info!("{} complete and verified", shared.paths.complete.display());
+                        shared.set_phase(Phase::Sharing);
+                        shared.emit(Event::Complete);
+                        shared.drop_complete_peers();
+                    }
+                    Err((kind, error)) => shared.fail(kind, error),
                 }
-                Err(e) => shared.fail(storage::failure_kind(&e), format!("{e:#}")),
             })
             .expect("spawning the finisher thread");
     }
@@ -309,7 +329,7 @@ impl Member {
             .local_addr()
             .context("listener has no address")
             .map_err(network)?;
-        let complete = prepared.have.is_full();
+        let complete = prepared.complete;
         let (events_tx, events_rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             swarm: orch.swarm_id(),
@@ -320,6 +340,7 @@ impl Member {
             picker: Mutex::new(Picker::new(prepared.have)),
             peers: Mutex::new(HashMap::new()),
             tracker: tracker::Book::default(),
+            full_hash: fullhash::FullHasher::default(),
             counters: Counters::default(),
             peers_used: Mutex::new(HashSet::new()),
             events: Mutex::new(events_tx),
@@ -343,8 +364,13 @@ impl Member {
         );
         if complete {
             shared.emit(Event::Complete);
-        } else if shared.orch.part_count() == 0 {
-            shared.all_parts_in();
+        } else {
+            fullhash::FullHasher::start(&shared)
+                .context("cannot start the checksum thread")
+                .map_err(network)?;
+            if shared.orch.part_count() == 0 {
+                shared.all_parts_in();
+            }
         }
         peer::listen(Arc::clone(&shared), listener)
             .context("cannot start the listener thread")

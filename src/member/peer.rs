@@ -26,8 +26,10 @@ use crate::wire::{have_map_len, Hello, LineReader, PeerId, PeerMessage, WireErro
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most uploads a peer may have queued with us; more is a protocol violation.
 pub const MAX_QUEUED_UPLOADS: usize = 64;
+/// Smallest choice of parts the picker randomizes over.
+const MIN_PICK_WINDOW: u32 = 16;
 /// Bytes of requests kept in flight per peer when the pipeline depth is not set.
-const PIPELINE_BYTES: u64 = 16 << 20;
+const PIPELINE_BYTES: u64 = 8 << 20;
 
 /// What a connection's writer sends next.
 enum Outgoing {
@@ -529,6 +531,10 @@ impl<'a> Conversation<'a> {
             );
             bail!("disk error");
         }
+        // Hand the buffer to the whole-file hasher before the part counts as ours, so that the
+        // hasher finds it there rather than reading it back from disk.
+        let buffer = std::mem::take(&mut self.buffer);
+        self.buffer = shared.full_hash.part_done(index, buffer);
         let (new, done) = {
             let mut picker = shared.picker.lock().unwrap();
             (picker.complete(index), picker.is_complete())
@@ -556,13 +562,17 @@ impl<'a> Conversation<'a> {
         if requests.out.is_empty() {
             self.last_progress = Instant::now();
         }
+        // Enough choice that members fetching from one seeder rarely ask for the same part,
+        // little enough that parts arrive near file order (see Picker::pick).
+        let peers = self.shared.peers.lock().unwrap().len() as u32;
+        let window = (2 * peers * self.depth as u32).max(MIN_PICK_WINDOW);
         while requests.out.len() < self.depth {
-            let picked = self
-                .shared
-                .picker
-                .lock()
-                .unwrap()
-                .pick(&self.their_have, &requests.out);
+            let picked =
+                self.shared
+                    .picker
+                    .lock()
+                    .unwrap()
+                    .pick(&self.their_have, &requests.out, window);
             let Some(index) = picked else { break };
             requests.out.push(index);
             self.link.send(PeerMessage::Request(index));

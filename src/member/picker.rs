@@ -134,22 +134,32 @@ impl Picker {
     }
 
     /// Picks the next part to request from a peer that has `their_have`, skipping parts already
-    /// requested from that peer. Rarest first, random among the rarest; once every missing part
-    /// is requested somewhere, a second request for a part already out (the endgame), so that
-    /// the last parts do not wait on one slow peer.
-    pub fn pick(&mut self, their_have: &Bitfield, already_asked: &[u32]) -> Option<u32> {
-        let parts = self.have.len();
-        if parts == 0 {
-            return None;
-        }
-        let start = fastrand::u32(0..parts);
+    /// requested from that peer.
+    ///
+    /// Rarest first. Among the rarest, a random one of those within `window` parts of the first
+    /// part we lack (or the first one past it, if none is): random
+    /// so that members fetching from the same seeder ask for different parts, windowed so that
+    /// parts arrive roughly in order and the whole-file checksum can follow the download instead
+    /// of costing a second pass at the end. The caller scales the window with the requests the
+    /// swarm has in flight. Once every missing part is requested somewhere, a second request for
+    /// a part already out (the endgame), so that the last parts do not wait on one slow peer.
+    pub fn pick(
+        &mut self,
+        their_have: &Bitfield,
+        already_asked: &[u32],
+        window: u32,
+    ) -> Option<u32> {
         let mut best: Option<(u8, u32, u32)> = None; // (in_flight, availability, index)
         let mut ties = 0u32;
-        for step in 0..parts {
-            let index = (start + step) % parts;
+        let mut window_end: Option<u32> = None;
+        for index in 0..self.have.len() {
             let i = index as usize;
-            if self.have.get(index) || !their_have.get(index) || self.in_flight[i] >= ENDGAME_COPIES
-            {
+            if self.have.get(index) {
+                continue;
+            }
+            // The window starts at the first part we lack, whoever has it.
+            let window_end = *window_end.get_or_insert(index.saturating_add(window.max(1)));
+            if !their_have.get(index) || self.in_flight[i] >= ENDGAME_COPIES {
                 continue;
             }
             if self.in_flight[i] > 0 && already_asked.contains(&index) {
@@ -159,9 +169,11 @@ impl Picker {
             match best {
                 Some((f, a, _)) if key > (f, a) => {}
                 Some((f, a, _)) if key == (f, a) => {
-                    ties += 1;
-                    if fastrand::u32(0..ties) == 0 {
-                        best = Some((key.0, key.1, index));
+                    if index < window_end {
+                        ties += 1;
+                        if fastrand::u32(0..ties) == 0 {
+                            best = Some((key.0, key.1, index));
+                        }
                     }
                 }
                 _ => {
@@ -224,8 +236,8 @@ mod tests {
         picker.peer_has(1);
         picker.peer_has(2);
         // Part 3 is held by one peer, parts 1 and 2 by two: 3 comes first.
-        assert_eq!(picker.pick(&everything, &[]), Some(3));
-        let next = picker.pick(&everything, &[3]).unwrap();
+        assert_eq!(picker.pick(&everything, &[], 1000), Some(3));
+        let next = picker.pick(&everything, &[3], 1000).unwrap();
         assert!(next == 1 || next == 2);
     }
 
@@ -234,7 +246,7 @@ mod tests {
         let firsts: std::collections::HashSet<u32> = (0..50)
             .map(|_| {
                 Picker::new(Bitfield::new(100))
-                    .pick(&full(100), &[])
+                    .pick(&full(100), &[], 1000)
                     .unwrap()
             })
             .collect();
@@ -242,18 +254,29 @@ mod tests {
     }
 
     #[test]
+    fn a_small_window_keeps_picks_near_the_front() {
+        let mut picker = Picker::new(Bitfield::new(1000));
+        let everything = full(1000);
+        let picks: Vec<u32> = (0..100)
+            .map(|_| picker.pick(&everything, &[], 8).unwrap())
+            .collect();
+        assert!(picks.iter().all(|&p| p < 8 + 100), "{picks:?}");
+        assert_ne!(picks, (0..100).collect::<Vec<_>>(), "strictly in order");
+    }
+
+    #[test]
     fn endgame_duplicates_only_when_nothing_else_is_left() {
         let mut picker = Picker::new(Bitfield::new(2));
         let everything = full(2);
-        let a = picker.pick(&everything, &[]).unwrap();
-        let b = picker.pick(&everything, &[a]).unwrap();
+        let a = picker.pick(&everything, &[], 1000).unwrap();
+        let b = picker.pick(&everything, &[a], 1000).unwrap();
         assert_ne!(a, b);
         // A second peer may now ask for either, but never twice the same part from one peer.
-        let c = picker.pick(&everything, &[]).unwrap();
-        let d = picker.pick(&everything, &[c]).unwrap();
+        let c = picker.pick(&everything, &[], 1000).unwrap();
+        let d = picker.pick(&everything, &[c], 1000).unwrap();
         assert_ne!(c, d);
         assert_eq!(
-            picker.pick(&everything, &[]),
+            picker.pick(&everything, &[], 1000),
             None,
             "at most two copies in flight"
         );

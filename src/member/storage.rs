@@ -74,6 +74,8 @@ pub struct Prepared {
     pub storage: Box<dyn Storage>,
     pub have: Bitfield,
     pub paths: Paths,
+    /// The complete, verified file was found: nothing to fetch.
+    pub complete: bool,
 }
 
 /// Progress of the start-up check, for the screen.
@@ -120,6 +122,7 @@ pub fn prepare(dir: &Path, orch: &Orchestra, progress: VerifyProgress) -> Result
         storage: Box::new(FileStorage { file }),
         have,
         paths,
+        complete: false,
     })
 }
 
@@ -173,6 +176,7 @@ fn open_complete(
         storage: Box::new(FileStorage { file }),
         have,
         paths,
+        complete: true,
     })
 }
 
@@ -266,22 +270,12 @@ fn warn_if_short_of_space(dir: &Path, needed: u64) {
     }
 }
 
-/// Checks the whole file's SHA-256 and moves the download to its final name. Refuses to replace
-/// a file that appeared under that name meanwhile.
+/// Moves the verified download to its final name. Refuses to replace a file that appeared
+/// under that name meanwhile.
 ///
 /// No fsync: it would cost seconds per GiB, and what it guards against (a power cut before the
 /// page cache is written) is caught anyway, since a member re-verifies a complete file at start.
-pub fn finish(paths: &Paths, orch: &Orchestra) -> Result<()> {
-    let actual = full_checksum(&paths.partial, orch.file_size)?;
-    if actual != orch.file_checksum {
-        return Err(InconsistentOrch(format!(
-            "{}: every part matched but the whole file's SHA-256 is {actual}, the .orch says {}; \
-             the .orch is inconsistent",
-            paths.partial.display(),
-            orch.file_checksum
-        ))
-        .into());
-    }
+pub fn finish(paths: &Paths) -> Result<()> {
     // A hard link fails if the name is taken, unlike rename, which would replace it.
     match std::fs::hard_link(&paths.partial, &paths.complete) {
         Ok(()) => {
@@ -309,41 +303,4 @@ pub fn finish(paths: &Paths, orch: &Orchestra) -> Result<()> {
     }
     let _ = std::fs::remove_file(&paths.marker);
     Ok(())
-}
-
-/// Sorts a failure of [`finish`]: a whole-file checksum that differs although every part
-/// matched means the .orch is inconsistent; anything else is the disk.
-pub fn failure_kind(error: &anyhow::Error) -> super::FailureKind {
-    if error.downcast_ref::<InconsistentOrch>().is_some() {
-        super::FailureKind::BadOrch
-    } else {
-        super::FailureKind::Disk
-    }
-}
-
-#[derive(Debug)]
-struct InconsistentOrch(String);
-
-impl std::fmt::Display for InconsistentOrch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for InconsistentOrch {}
-
-fn full_checksum(path: &Path, size: u64) -> Result<Checksum> {
-    use sha2::{Digest, Sha256};
-    let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 4 << 20];
-    let mut left = size;
-    while left > 0 {
-        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        file.read_exact(&mut buf[..want])
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        hasher.update(&buf[..want]);
-        left -= want as u64;
-    }
-    Ok(Checksum(hasher.finalize().into()))
 }

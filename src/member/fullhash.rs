@@ -1,0 +1,156 @@
+//! The whole file's SHA-256, computed while the download runs rather than in a second pass at
+//! the end.
+//!
+//! SHA-256 can only take the file in order, while parts arrive in any order. A thread follows
+//! the contiguous run of verified parts from the start of the file: peer threads hand it the
+//! buffers of parts just verified (no copy, still hot in cache) when they are near the front,
+//! and it reads back from disk the parts it was not handed. The picker keeps requests roughly in
+//! file order, so on a fast download almost every part is handed over and the checksum is ready
+//! moments after the last part.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use super::Shared;
+use crate::orch::Checksum;
+
+/// Most bytes of handed-over parts held while waiting for the parts before them.
+const MAX_PENDING_BYTES: usize = 24 << 20;
+
+#[derive(Default)]
+struct State {
+    /// The next part to feed the hasher.
+    next: u32,
+    /// Verified parts handed over ahead of `next`.
+    pending: BTreeMap<u32, Vec<u8>>,
+    pending_bytes: usize,
+    /// Buffers already hashed, given back to peer threads in exchange for theirs.
+    spare: Vec<Vec<u8>>,
+    /// Bumped at every completed part, so the thread never sleeps through one.
+    generation: u64,
+    result: Option<Result<Checksum, String>>,
+}
+
+#[derive(Default)]
+pub struct FullHasher {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+impl FullHasher {
+    /// A part was verified and stored (call before marking it as ours). Takes `buffer` when the hasher will want it soon, and
+    /// returns a buffer for the caller's next part (its own back, or a spare).
+    pub fn part_done(&self, index: u32, buffer: Vec<u8>) -> Vec<u8> {
+        let mut state = self.state.lock().unwrap();
+        state.generation += 1;
+        // Only parts close enough to the front to be hashed soon are worth holding.
+        let ahead = MAX_PENDING_BYTES / buffer.len().max(1);
+        let near = index >= state.next && (index - state.next) as usize <= ahead;
+        let fits =
+            state.pending_bytes + buffer.len() <= MAX_PENDING_BYTES || state.pending.is_empty();
+        let give_back = if near && fits && state.result.is_none() {
+            state.pending_bytes += buffer.len();
+            // An endgame duplicate of a part already handed over replaces it: same bytes.
+            if let Some(old) = state.pending.insert(index, buffer) {
+                state.pending_bytes -= old.len();
+            }
+            state.spare.pop().unwrap_or_default()
+        } else {
+            buffer
+        };
+        self.changed.notify_all();
+        give_back
+    }
+
+    /// Waits for the whole-file checksum; `None` if shutdown came first.
+    pub fn wait(&self, shared: &Shared) -> Option<Result<Checksum, String>> {
+        let mut state = self.state.lock().unwrap();
+        loop {
+            if let Some(result) = &state.result {
+                return Some(result.clone());
+            }
+            if shared.is_shutting_down() {
+                return None;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, Duration::from_millis(200))
+                .unwrap()
+                .0;
+        }
+    }
+
+    /// Starts the thread that follows the verified prefix.
+    pub fn start(shared: &Arc<Shared>) -> std::io::Result<()> {
+        let shared = Arc::clone(shared);
+        std::thread::Builder::new()
+            .name("full-hash".into())
+            .spawn(move || {
+                let result = follow_prefix(&shared);
+                let hasher = &shared.full_hash;
+                let mut state = hasher.state.lock().unwrap();
+                state.pending.clear();
+                state.pending_bytes = 0;
+                if let Some(result) = result {
+                    state.result = Some(result);
+                }
+                hasher.changed.notify_all();
+            })?;
+        Ok(())
+    }
+}
+
+/// Hashes parts 0, 1, 2... as they become available; `None` on shutdown.
+fn follow_prefix(shared: &Shared) -> Option<Result<Checksum, String>> {
+    let hasher = &shared.full_hash;
+    let parts = shared.orch.part_count();
+    let mut sha = Sha256::new();
+    let mut read_back = Vec::new();
+    let mut next = 0;
+    while next < parts {
+        let generation = {
+            let mut state = hasher.state.lock().unwrap();
+            if let Some(buffer) = state.pending.remove(&next) {
+                state.pending_bytes -= buffer.len();
+                drop(state);
+                sha.update(&buffer);
+                let mut state = hasher.state.lock().unwrap();
+                state.spare.push(buffer);
+                next += 1;
+                state.next = next;
+                continue;
+            }
+            state.generation
+        };
+        if shared.picker.lock().unwrap().have().get(next) {
+            let Some((offset, len)) = shared.orch.part_span(next) else {
+                unreachable!("next < part count");
+            };
+            read_back.resize(len, 0);
+            if let Err(e) = shared.storage.read_at(offset, &mut read_back) {
+                return Some(Err(format!(
+                    "cannot read {} back: {e}",
+                    shared.paths.partial.display()
+                )));
+            }
+            sha.update(&read_back);
+            next += 1;
+            hasher.state.lock().unwrap().next = next;
+            continue;
+        }
+        let state = hasher.state.lock().unwrap();
+        if state.generation == generation {
+            let _ = hasher
+                .changed
+                .wait_timeout(state, Duration::from_millis(200))
+                .unwrap();
+        }
+        if shared.is_shutting_down() {
+            return None;
+        }
+    }
+    Some(Ok(Checksum(sha.finalize().into())))
+}
