@@ -17,6 +17,7 @@ pub mod check;
 pub mod fullhash;
 pub mod peer;
 pub mod picker;
+pub mod spread;
 pub mod storage;
 pub mod tracker;
 
@@ -162,6 +163,7 @@ pub struct Shared {
     pub peers: Mutex<HashMap<PeerId, Arc<PeerLink>>>,
     pub tracker: tracker::Book,
     pub full_hash: fullhash::FullHasher,
+    pub spread: spread::Spread,
     pub counters: Counters,
     peers_used: Mutex<HashSet<PeerId>>,
     events: Mutex<Sender<Event>>,
@@ -341,6 +343,7 @@ impl Member {
             peers: Mutex::new(HashMap::new()),
             tracker: tracker::Book::default(),
             full_hash: fullhash::FullHasher::default(),
+            spread: spread::Spread::new(orch.part_count()),
             counters: Counters::default(),
             peers_used: Mutex::new(HashSet::new()),
             events: Mutex::new(events_tx),

@@ -26,6 +26,8 @@ use crate::wire::{have_map_len, Hello, LineReader, PeerId, PeerMessage, WireErro
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most uploads a peer may have queued with us; more is a protocol violation.
 pub const MAX_QUEUED_UPLOADS: usize = 64;
+/// How long a part a peer rejected is asked from others only.
+const REJECT_RETRY: Duration = Duration::from_secs(2);
 /// Smallest choice of parts the picker randomizes over.
 const MIN_PICK_WINDOW: u32 = 16;
 /// Bytes of requests kept in flight per peer when the pipeline depth is not set.
@@ -41,6 +43,8 @@ enum Outgoing {
 struct OutboxState {
     control: VecDeque<Outgoing>,
     uploads: VecDeque<u32>,
+    /// `REJECT`s in `control`: answers to the peer's requests, bounded like queued uploads.
+    rejects: usize,
     closed: bool,
 }
 
@@ -68,6 +72,21 @@ impl Outbox {
         true
     }
 
+    /// Queues a `REJECT`; false when [`MAX_QUEUED_UPLOADS`] are already waiting to be sent,
+    /// which only a peer that floods requests without reading the answers can cause.
+    fn push_reject(&self, index: u32) -> bool {
+        let mut state = self.state.lock().unwrap();
+        if state.rejects >= MAX_QUEUED_UPLOADS {
+            return false;
+        }
+        state.rejects += 1;
+        state
+            .control
+            .push_back(Outgoing::Line(PeerMessage::Reject(index)));
+        self.ready.notify_one();
+        true
+    }
+
     fn cancel_upload(&self, index: u32) {
         self.state.lock().unwrap().uploads.retain(|&i| i != index);
     }
@@ -87,6 +106,9 @@ impl Outbox {
                 return Err(());
             }
             if let Some(item) = state.control.pop_front() {
+                if matches!(item, Outgoing::Line(PeerMessage::Reject(_))) {
+                    state.rejects = state.rejects.saturating_sub(1);
+                }
                 return Ok(Some(Ok(item)));
             }
             if let Some(index) = state.uploads.pop_front() {
@@ -127,6 +149,10 @@ pub struct PeerLink {
     outbox: Outbox,
     requests: Mutex<Requests>,
     complete: AtomicBool,
+    /// While a part's payload is being read: when it must be complete. The writer thread, which
+    /// wakes at least every peer timeout / 3, closes the connection once it has passed, so that
+    /// a peer cannot hold our requests forever by trickling a part a byte at a time.
+    payload_deadline: Mutex<Option<Instant>>,
 }
 
 impl PeerLink {
@@ -277,6 +303,7 @@ fn run(
         outbox: Outbox::default(),
         requests: Mutex::default(),
         complete: AtomicBool::new(false),
+        payload_deadline: Mutex::new(None),
     });
     {
         // The have-map must be the first message: snapshotting it under the picker lock and
@@ -378,6 +405,8 @@ struct Conversation<'a> {
     got_have_map: bool,
     depth: usize,
     buffer: Vec<u8>,
+    /// Parts this peer rejected, and when: not asked again for [`REJECT_RETRY`].
+    rejected: Vec<(u32, Instant)>,
     /// When the oldest unanswered request was sent, or the last part arrived.
     last_progress: Instant,
 }
@@ -396,6 +425,7 @@ impl<'a> Conversation<'a> {
             got_have_map: false,
             depth,
             buffer: Vec::new(),
+            rejected: Vec::new(),
             last_progress: Instant::now(),
         }
     }
@@ -451,13 +481,18 @@ impl<'a> Conversation<'a> {
                         requests.out.swap_remove(pos);
                         self.shared.picker.lock().unwrap().release(index);
                     }
-                    // Do not ask this peer for it again.
-                    self.their_have.clear(index);
+                    // Ask others for it; ask this peer again later (see `retry_rejected`).
+                    if self.their_have.get(index) {
+                        self.their_have.clear(index);
+                        self.shared.picker.lock().unwrap().peer_lost(index);
+                        self.rejected.push((index, Instant::now()));
+                    }
                 }
                 PeerMessage::Piece { index, len } => self.receive(reader, index, len)?,
                 PeerMessage::Pex(addrs) => self.shared.tracker.learn(addrs.into_iter()),
                 PeerMessage::Ping => {}
             }
+            self.retry_rejected();
             let complete = self.their_have.is_full();
             self.link.complete.store(complete, Ordering::Relaxed);
             if complete && self.shared.is_seeding() {
@@ -470,8 +505,13 @@ impl<'a> Conversation<'a> {
 
     fn serve(&mut self, index: u32) -> Result<()> {
         let have = self.shared.picker.lock().unwrap().have().get(index);
-        if !have {
-            self.link.send(PeerMessage::Reject(index));
+        let spreading = self.shared.is_seeding() && !self.shared.spread.admit(index);
+        if !have || spreading {
+            if !self.link.outbox.push_reject(index) {
+                return Err(
+                    self.misbehaved(format!("more than {MAX_QUEUED_UPLOADS} requests queued"))
+                );
+            }
         } else if !self.link.outbox.push_upload(index) {
             return Err(self.misbehaved(format!("more than {MAX_QUEUED_UPLOADS} requests queued")));
         }
@@ -499,7 +539,23 @@ impl<'a> Conversation<'a> {
         // `len` was checked against the .orch by the parser, so the buffer never exceeds the
         // largest part.
         self.buffer.resize(len, 0);
-        reader.read_payload(&mut self.buffer)?;
+        // The peer timeout for each MiB: a slow link passes, a trickle does not.
+        let allowed = self.shared.config.peer_timeout * len.div_ceil(1 << 20).max(1) as u32;
+        let deadline = Instant::now() + allowed;
+        *self.link.payload_deadline.lock().unwrap() = Some(deadline);
+        let read = reader.read_payload(&mut self.buffer);
+        *self.link.payload_deadline.lock().unwrap() = None;
+        match read {
+            Ok(()) => {}
+            Err(_) if Instant::now() >= deadline => {
+                return Err(self.misbehaved(format!("part {index} not complete after {allowed:?}")))
+            }
+            Err(e) if e.is_timeout() => bail!(
+                "silent for {:?} in the middle of part {index}",
+                self.shared.config.peer_timeout
+            ),
+            Err(e) => return Err(e.into()),
+        }
         self.last_progress = Instant::now();
         if !expected {
             return Ok(());
@@ -551,6 +607,23 @@ impl<'a> Conversation<'a> {
             }
         }
         Ok(())
+    }
+
+    /// A peer that rejected a part may serve it later (a seeder spreading parts does once it
+    /// has sent every part once), and may be the only one with it.
+    fn retry_rejected(&mut self) {
+        let now = Instant::now();
+        let shared = self.shared;
+        let their_have = &mut self.their_have;
+        self.rejected.retain(|&(index, when)| {
+            if now.duration_since(when) < REJECT_RETRY {
+                return true;
+            }
+            if their_have.set(index) {
+                shared.picker.lock().unwrap().peer_has(index);
+            }
+            false
+        });
     }
 
     /// Keeps `depth` requests in flight to this peer.
@@ -631,6 +704,12 @@ fn write_loop(shared: &Shared, link: &PeerLink, stream: TcpStream) -> Result<()>
     let mut out = BufWriter::with_capacity(64 << 10, &stream);
     let ping_every = shared.config.peer_timeout / 3;
     loop {
+        let overdue = *link.payload_deadline.lock().unwrap();
+        if overdue.is_some_and(|deadline| Instant::now() >= deadline) {
+            // The reader, stuck in that payload, sees the close and bans the peer.
+            link.close();
+            return Ok(());
+        }
         let item = match link.outbox.next(ping_every) {
             Err(()) => return Ok(()),
             Ok(None) => {

@@ -121,6 +121,13 @@ impl Picker {
         }
     }
 
+    /// A peer turned out not to serve a part (it rejected it).
+    pub fn peer_lost(&mut self, index: u32) {
+        if let Some(a) = self.availability.get_mut(index as usize) {
+            *a = a.saturating_sub(1);
+        }
+    }
+
     pub fn peer_gone(&mut self, their_have: &Bitfield) {
         for index in their_have.ones() {
             let a = &mut self.availability[index as usize];

@@ -1,0 +1,62 @@
+//! A complete member's policy for spreading parts: every part once before any part twice.
+//!
+//! Members that start together all ask the seeder for the rarest parts, and the parts only the
+//! seeder has are equally rare, so without a policy two members often get the same part from
+//! the seeder while others wait, and the seeder's uplink, the scarcest resource of the swarm,
+//! carries duplicates. A complete member therefore refuses (`REJECT`) a part it has already
+//! served while some part has never left it; the asker picks another part and gets this one from
+//! the member that already has it. Once every part has gone out once, it serves everything.
+
+use std::sync::Mutex;
+
+struct Counts {
+    served: Vec<u16>,
+    never_served: u32,
+}
+
+pub struct Spread {
+    counts: Mutex<Counts>,
+}
+
+impl Spread {
+    pub fn new(parts: u32) -> Spread {
+        Spread {
+            counts: Mutex::new(Counts {
+                served: vec![0; parts as usize],
+                never_served: parts,
+            }),
+        }
+    }
+
+    /// Whether to serve `index` now; counts it as served if so.
+    pub fn admit(&self, index: u32) -> bool {
+        let mut counts = self.counts.lock().unwrap();
+        let Some(&served) = counts.served.get(index as usize) else {
+            return false;
+        };
+        if served > 0 && counts.never_served > 0 {
+            return false;
+        }
+        if served == 0 {
+            counts.never_served -= 1;
+        }
+        counts.served[index as usize] = served.saturating_add(1);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Spread;
+
+    #[test]
+    fn every_part_once_before_any_twice() {
+        let spread = Spread::new(3);
+        assert!(spread.admit(1));
+        assert!(!spread.admit(1), "1 again while 0 and 2 never went out");
+        assert!(spread.admit(0));
+        assert!(spread.admit(2));
+        assert!(spread.admit(1), "everything went out once: serve freely");
+        assert!(!spread.admit(3), "out of range");
+    }
+}
