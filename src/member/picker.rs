@@ -82,6 +82,9 @@ impl Bitfield {
     }
 }
 
+/// Most missing parts one pick looks at. Rarest-first over millions of tiny parts would make
+/// every pick scan them all; past this many, the rarest among those seen is good enough.
+const MAX_CANDIDATES: u32 = 16_384;
 /// How many requests for one part may be out at once in the endgame.
 const ENDGAME_COPIES: u8 = 2;
 
@@ -91,15 +94,21 @@ pub struct Picker {
     availability: Vec<u32>,
     /// How many requests for each part are out.
     in_flight: Vec<u8>,
+    /// Every part before this one is ours: picks start here.
+    first_missing: u32,
 }
 
 impl Picker {
     pub fn new(have: Bitfield) -> Picker {
         let len = have.len() as usize;
+        let first_missing = (0..have.len())
+            .find(|&i| !have.get(i))
+            .unwrap_or(have.len());
         Picker {
             have,
             availability: vec![0; len],
             in_flight: vec![0; len],
+            first_missing,
         }
     }
 
@@ -159,10 +168,15 @@ impl Picker {
         let mut best: Option<(u8, u32, u32)> = None; // (in_flight, availability, index)
         let mut ties = 0u32;
         let mut window_end: Option<u32> = None;
-        for index in 0..self.have.len() {
+        let mut examined = 0u32;
+        for index in self.first_missing..self.have.len() {
             let i = index as usize;
             if self.have.get(index) {
                 continue;
+            }
+            examined += 1;
+            if examined > MAX_CANDIDATES && best.is_some() {
+                break;
             }
             // The window starts at the first part we lack, whoever has it.
             let window_end = *window_end.get_or_insert(index.saturating_add(window.max(1)));
@@ -206,7 +220,11 @@ impl Picker {
     /// A verified part is stored; returns false if we already had it (an endgame duplicate).
     pub fn complete(&mut self, index: u32) -> bool {
         self.release(index);
-        self.have.set(index)
+        let new = self.have.set(index);
+        while self.first_missing < self.have.len() && self.have.get(self.first_missing) {
+            self.first_missing += 1;
+        }
+        new
     }
 }
 
