@@ -8,6 +8,13 @@
 //! Design choices that follow from that:
 //! - One blocking thread per client, capped in number, each with a per-line deadline and a
 //!   line-length limit, so a stuck client holds only its own thread.
+//! - No one address can take all the places: connections are capped per source address (an
+//!   IPv4 address or an IPv6 /64), and when the cap for that source, or the overall cap, is
+//!   reached the oldest connection that is waiting for a line is closed to make room. Honest
+//!   clients send their request as soon as they connect, so the oldest idle connections are the
+//!   stalled and slow ones; a flood of idle connections only pushes out its own kind.
+//! - Members are capped per source address too, so one machine announcing thousands of ports
+//!   cannot fill the tables or crowd out anyone else; it is refused past its cap.
 //! - All shared state sits behind one [`Mutex`] held only for in-memory bookkeeping; logging and
 //!   socket I/O happen after it is released.
 //! - Every table is capped (swarms, members per swarm, members in total), so memory is bounded
@@ -17,10 +24,11 @@
 //! member and the tools speak the protocol through one implementation.
 
 use std::cell::Cell;
+use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::io::{self, BufReader, Read, Write};
-use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::net::{IpAddr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -39,6 +47,12 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:9999";
 /// How often members are told to re-announce unless told otherwise.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_CLIENTS: usize = 1024;
+/// Most connections from one source address at once. Members open one short connection per
+/// announce, so even hundreds of members behind one NAT address rarely hold more than a few.
+pub const DEFAULT_MAX_CLIENTS_PER_IP: usize = 256;
+/// Most members one source address holds over all swarms: generous for many members behind one
+/// NAT address, small enough that one machine cannot crowd a swarm's answers or the tables.
+pub const DEFAULT_MAX_MEMBERS_PER_IP: usize = 1024;
 pub const DEFAULT_MAX_SWARMS: usize = 100_000;
 pub const DEFAULT_MAX_SWARM_MEMBERS: usize = 100_000;
 /// Caps the whole member table: about 100 bytes a member, so some 100 MB at most.
@@ -55,8 +69,29 @@ const EXPIRY_GRACE: Duration = Duration::from_secs(1);
 const MIN_SUMMARY_PERIOD: Duration = Duration::from_secs(60);
 /// A client turned away for lack of room gets this long to take its `ERROR busy`.
 const BUSY_WRITE_TIMEOUT: Duration = Duration::from_millis(200);
-/// After a persistent accept failure (out of file descriptors) retrying at once would spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// After a persistent accept failure (out of file descriptors) retrying at once would spin;
+/// short, because connections wait in the backlog meanwhile.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+/// Accept failures are logged at most this often.
+const ACCEPT_WARN_PERIOD: Duration = Duration::from_secs(10);
+/// Connections the kernel queues for us while the accept loop is busy (capped by the system's
+/// `somaxconn`). The standard library's 128 overflows under a burst of connections, and a
+/// dropped SYN costs the client a one-second retransmission.
+#[cfg(unix)]
+const LISTEN_BACKLOG: libc::c_int = 4096;
+/// Evicted connections whose threads have not ended yet may push the thread count over
+/// `max_clients` by at most this fraction (and at least [`MIN_EVICTION_HEADROOM`]): the threads
+/// end as soon as they see the close, within microseconds when the machine is not overloaded.
+const EVICTION_HEADROOM_DIVISOR: usize = 8;
+const MIN_EVICTION_HEADROOM: usize = 16;
+/// File descriptors needed besides one per client thread: stdio, the listener, the log file.
+const FD_MARGIN: usize = 64;
+/// A connection competes for its place with newcomers from addresses holding as many
+/// connections as its own only once it has waited this long for a line: honest clients send
+/// their request as soon as they connect, so by then it is stalled, slow or idle.
+const EVICTABLE_AFTER: Duration = Duration::from_secs(1);
+/// Read buffer of a client connection: requests are short lines.
+const CLIENT_READ_BUFFER: usize = 2048;
 /// How long, and how many bytes, we read and discard before closing on a protocol error, so
 /// that the client's unread bytes do not turn our close into a reset that destroys the `ERROR`.
 const LINGER_TIME: Duration = Duration::from_millis(500);
@@ -74,12 +109,19 @@ pub struct ConductorConfig {
     pub listen: SocketAddr,
     /// The re-announce interval told to members; expiry and reaping follow from it.
     pub interval: Duration,
-    /// Most client connections served at once; more are answered `ERROR busy`.
+    /// Most client connections served at once. At the cap a newcomer takes the place of the
+    /// oldest connection that is waiting for a line; if none is, it is answered `ERROR busy`.
     pub max_clients: usize,
+    /// Most connections from one source address (IPv4 address or IPv6 /64); at the cap a
+    /// newcomer takes the place of that source's oldest waiting connection.
+    pub max_clients_per_ip: usize,
     pub max_swarms: usize,
     pub max_swarm_members: usize,
     /// Most members over all swarms.
     pub max_members: usize,
+    /// Most members one source address (IPv4 address or IPv6 /64) holds over all swarms;
+    /// announces of new members past it are refused.
+    pub max_members_per_ip: usize,
     /// How long a new connection may take to send its first complete line.
     pub first_line_timeout: Duration,
     /// How long a connection may take to send each later line.
@@ -93,9 +135,11 @@ impl Default for ConductorConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 9999)),
             interval: DEFAULT_INTERVAL,
             max_clients: DEFAULT_MAX_CLIENTS,
+            max_clients_per_ip: DEFAULT_MAX_CLIENTS_PER_IP,
             max_swarms: DEFAULT_MAX_SWARMS,
             max_swarm_members: DEFAULT_MAX_SWARM_MEMBERS,
             max_members: DEFAULT_MAX_MEMBERS,
+            max_members_per_ip: DEFAULT_MAX_MEMBERS_PER_IP,
             first_line_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
@@ -129,6 +173,19 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .checked_mul(millis_per_unit)
         .map(Duration::from_millis)
         .ok_or_else(|| format!("{text:?} is too long"))
+}
+
+/// What the per-address caps count by: the IPv4 address, or the /64 network of an IPv6 address
+/// (one machine is usually given a whole /64, so counting single IPv6 addresses would cap
+/// nothing).
+pub fn source_of(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
 }
 
 /// The first 12 hex digits of a swarm id: enough to tell swarms apart in a log.
@@ -257,12 +314,15 @@ struct Limits {
     max_swarms: usize,
     max_swarm_members: usize,
     max_members: usize,
+    max_members_per_ip: usize,
 }
 
 /// All swarms and their members. Methods take `now` so that tests control time.
 struct Registry {
     swarms: HashMap<SwarmId, Swarm>,
     members: usize,
+    /// Members per source address (see [`source_of`]) over all swarms; no zero entries.
+    per_source: HashMap<IpAddr, usize>,
     limits: Limits,
     rate: Rate,
     /// Announces refused for lack of room since the last summary.
@@ -274,6 +334,7 @@ impl Registry {
         Registry {
             swarms: HashMap::new(),
             members: 0,
+            per_source: HashMap::new(),
             limits,
             rate: Rate::new(now),
             refused: 0,
@@ -288,9 +349,14 @@ impl Registry {
         now: Instant,
     ) -> Result<(Change, Vec<SocketAddr>), &'static str> {
         self.rate.record(now);
+        let source = source_of(addr.ip());
+        let from_source = self.per_source.get(&source).copied().unwrap_or(0);
         let refusal = match self.swarms.get(&swarm_id) {
-            None if self.swarms.len() >= self.limits.max_swarms => Some("too many swarms"),
             Some(swarm) if swarm.by_addr.contains_key(&addr) => None,
+            _ if from_source >= self.limits.max_members_per_ip => {
+                Some("too many members from this address")
+            }
+            None if self.swarms.len() >= self.limits.max_swarms => Some("too many swarms"),
             Some(swarm) if swarm.members.len() >= self.limits.max_swarm_members => {
                 Some("swarm is full")
             }
@@ -321,6 +387,7 @@ impl Registry {
                     last_seen: now,
                 });
                 self.members += 1;
+                *self.per_source.entry(source).or_insert(0) += 1;
                 Change::Joined
             }
         };
@@ -337,10 +404,10 @@ impl Registry {
         match swarm.by_addr.get(&addr) {
             Some(&i) if swarm.members[i].peer_id == peer_id => {
                 swarm.remove_at(i);
-                self.members -= 1;
                 if swarm.members.is_empty() {
                     self.swarms.remove(&swarm_id);
                 }
+                self.forget(addr);
                 true
             }
             _ => false,
@@ -361,8 +428,22 @@ impl Registry {
             }
             !swarm.members.is_empty()
         });
-        self.members -= expired.len();
+        for (_, addr) in &expired {
+            self.forget(*addr);
+        }
         expired
+    }
+
+    /// Counts one member at `addr` out of the totals.
+    fn forget(&mut self, addr: SocketAddr) {
+        self.members -= 1;
+        let source = source_of(addr.ip());
+        if let Some(count) = self.per_source.get_mut(&source) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_source.remove(&source);
+            }
+        }
     }
 
     fn stats(&mut self, now: Instant) -> ConductorStats {
@@ -380,9 +461,11 @@ impl Registry {
 struct Shared {
     config: ConductorConfig,
     registry: Mutex<Registry>,
-    clients: AtomicUsize,
+    connections: Mutex<Connections>,
     /// Connections turned away for lack of room since the last summary.
     turned_away: AtomicU64,
+    /// Waiting connections closed to make room for newer ones since the last summary.
+    evicted: AtomicU64,
 }
 
 impl Shared {
@@ -391,14 +474,227 @@ impl Shared {
     fn registry(&self) -> MutexGuard<'_, Registry> {
         self.registry.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Same reasoning as for [`Shared::registry`].
+    fn connections(&self) -> MutexGuard<'_, Connections> {
+        self.connections.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
-/// Holds one of the `max_clients` places for as long as its connection is served.
-struct ClientSlot(Arc<Shared>);
+/// [`Conn::state`] while its thread answers a request: it is not to be evicted then.
+const BUSY: u64 = u64::MAX;
+/// [`Conn::state`] once evicted: the socket is shut down and its thread is ending.
+const EVICTED: u64 = u64::MAX - 1;
+
+/// One served connection, shared by its thread and the connection table (which shuts it down
+/// to evict it: sharing the socket rather than cloning it keeps a client at one descriptor).
+struct Conn {
+    stream: TcpStream,
+    source: IpAddr,
+    /// While the connection waits (for a line, or for the client to take a reply): when it
+    /// started waiting, in microseconds since [`Connections::origin`]. Otherwise [`BUSY`] or
+    /// [`EVICTED`]. Only the evictor sets `EVICTED`, only over a waiting time, and only the
+    /// connection's own thread sets anything else, so a compare-and-swap decides who wins.
+    state: AtomicU64,
+}
+
+impl Conn {
+    /// Marks the connection as answering a request; false if it was evicted meanwhile.
+    fn begin_work(&self) -> bool {
+        let current = self.state.load(Ordering::Acquire);
+        current != EVICTED
+            && self
+                .state
+                .compare_exchange(current, BUSY, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
+
+    /// Marks the connection as waiting since `since`, unless it was evicted.
+    fn wait(&self, since: u64) {
+        let _ = self
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                (s != EVICTED).then_some(since)
+            });
+    }
+}
+
+/// Every served connection, with the counts the admission rules need.
+struct Connections {
+    origin: Instant,
+    conns: HashMap<u64, Arc<Conn>>,
+    /// Connections not evicted, per source address (see [`source_of`]); no zero entries.
+    per_source: HashMap<IpAddr, usize>,
+    /// Connections not evicted.
+    live: usize,
+    next_id: u64,
+    max: usize,
+    max_per_source: usize,
+    /// Most connections including evicted ones whose threads have not ended yet: the bound on
+    /// client threads.
+    hard_cap: usize,
+    /// Connections whose threads have finished serving, for the acceptor to join.
+    ended: Vec<u64>,
+}
+
+impl Connections {
+    fn new(config: &ConductorConfig, origin: Instant) -> Connections {
+        Connections {
+            origin,
+            conns: HashMap::new(),
+            per_source: HashMap::new(),
+            live: 0,
+            next_id: 0,
+            max: config.max_clients,
+            max_per_source: config.max_clients_per_ip,
+            hard_cap: hard_cap(config.max_clients),
+            ended: Vec::new(),
+        }
+    }
+
+    fn stamp(&self, now: Instant) -> u64 {
+        stamp(self.origin, now)
+    }
+
+    /// Takes a new connection from `source`, or gives the stream back when there is no room.
+    /// The boolean tells whether a waiting connection was closed to make room:
+    /// - a source at its own cap replaces its own oldest connection among those that have waited
+    ///   at least [`EVICTABLE_AFTER`], and is turned away if none has;
+    /// - at the overall cap, a newcomer takes the place of a waiting connection, chosen first
+    ///   among stale ones (waiting at least `EVICTABLE_AFTER`) of sources holding more
+    ///   connections than the newcomer's, then among any stale ones, then among any of such
+    ///   heavier sources; within each, the heaviest source first, then the oldest.
+    ///
+    /// So a client from an address with few connections (an honest member) gets in, a flood of
+    /// idle connections only replaces its own stale ones, each at most once per
+    /// `EVICTABLE_AFTER`, and a connection about to send its request is cut last.
+    fn admit(
+        &mut self,
+        stream: TcpStream,
+        source: IpAddr,
+        now: Instant,
+    ) -> Result<(u64, Arc<Conn>, bool), TcpStream> {
+        if self.conns.len() >= self.hard_cap {
+            return Err(stream);
+        }
+        let from_source = self.per_source.get(&source).copied().unwrap_or(0);
+        let at_source_cap = from_source >= self.max_per_source;
+        let evicted = at_source_cap || self.live >= self.max;
+        if evicted {
+            // Waiting since this stamp or earlier: stale.
+            let stale =
+                (now >= self.origin + EVICTABLE_AFTER).then(|| self.stamp(now - EVICTABLE_AFTER));
+            let is_stale = |since: u64| stale.is_some_and(|stale| since <= stale);
+            let made_room = if at_source_cap {
+                self.evict(|c, since, _| (c.source == source && is_stale(since)).then_some(0))
+            } else {
+                self.evict(|_, since, count| {
+                    let heavier = count > from_source;
+                    let tier = match (heavier, is_stale(since)) {
+                        (true, true) => 0,
+                        (false, true) => 1,
+                        (true, false) => 2,
+                        (false, false) => return None,
+                    };
+                    Some((tier, Reverse(count)))
+                })
+            };
+            if !made_room {
+                return Err(stream);
+            }
+        }
+        let conn = Arc::new(Conn {
+            stream,
+            source,
+            state: AtomicU64::new(self.stamp(now)),
+        });
+        let id = self.next_id;
+        self.next_id += 1;
+        self.conns.insert(id, Arc::clone(&conn));
+        self.live += 1;
+        *self.per_source.entry(source).or_insert(0) += 1;
+        Ok((id, conn, evicted))
+    }
+
+    /// Shuts down a waiting connection so that its thread ends and frees its place: of those
+    /// for which `rank` (given the connection, since when it waits and how many connections
+    /// its source holds) is not None, the lowest rank, and the longest waiting within it.
+    /// False if none is eligible.
+    fn evict<K: Ord>(&mut self, rank: impl Fn(&Conn, u64, usize) -> Option<K>) -> bool {
+        // A failed swap means that connection just started work: look again, a few times.
+        for _ in 0..4 {
+            let victim = self
+                .conns
+                .values()
+                .filter_map(|c| {
+                    let since = c.state.load(Ordering::Acquire);
+                    if since >= EVICTED {
+                        return None;
+                    }
+                    let count = self.per_source.get(&c.source).copied().unwrap_or(0);
+                    Some(((rank(c, since, count)?, since), c))
+                })
+                .min_by(|a, b| a.0.cmp(&b.0))
+                .map(|((_, since), c)| (since, Arc::clone(c)));
+            let Some((since, conn)) = victim else {
+                return false;
+            };
+            if conn
+                .state
+                .compare_exchange(since, EVICTED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                let _ = conn.stream.shutdown(Shutdown::Both);
+                self.count_out(conn.source);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Called by a connection's thread as it ends.
+    fn remove(&mut self, id: u64) {
+        self.ended.push(id);
+        if let Some(conn) = self.conns.remove(&id) {
+            // An evicted connection was counted out when it was evicted.
+            if conn.state.load(Ordering::Acquire) != EVICTED {
+                self.count_out(conn.source);
+            }
+        }
+    }
+
+    fn count_out(&mut self, source: IpAddr) {
+        self.live -= 1;
+        if let Some(count) = self.per_source.get_mut(&source) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_source.remove(&source);
+            }
+        }
+    }
+}
+
+/// Most client threads for a given `max_clients`: evicted connections whose threads have not
+/// ended yet come on top.
+fn hard_cap(max_clients: usize) -> usize {
+    max_clients.saturating_add((max_clients / EVICTION_HEADROOM_DIVISOR).max(MIN_EVICTION_HEADROOM))
+}
+
+/// Microseconds from `origin` to `now`, as [`Conn::state`] stores them.
+fn stamp(origin: Instant, now: Instant) -> u64 {
+    (now.saturating_duration_since(origin).as_micros() as u64).min(EVICTED - 1)
+}
+
+/// Holds a place in the connection table for as long as its connection is served.
+struct ClientSlot {
+    shared: Arc<Shared>,
+    id: u64,
+    conn: Arc<Conn>,
+}
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
-        self.0.clients.fetch_sub(1, Ordering::AcqRel);
+        self.shared.connections().remove(self.id);
     }
 }
 
@@ -419,23 +715,41 @@ impl Conductor {
         );
         ensure!(config.max_clients > 0, "max clients must be at least 1");
         ensure!(
-            config.max_swarms > 0 && config.max_swarm_members > 0 && config.max_members > 0,
+            config.max_clients_per_ip > 0,
+            "max clients per address must be at least 1"
+        );
+        ensure!(
+            config.max_swarms > 0
+                && config.max_swarm_members > 0
+                && config.max_members > 0
+                && config.max_members_per_ip > 0,
             "swarm and member limits must be at least 1"
         );
         let listener = TcpListener::bind(config.listen)
             .with_context(|| format!("cannot listen on {}", config.listen))?;
+        #[cfg(unix)]
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: calling listen again on a listening socket we own only changes its backlog;
+            // if it fails the standard library's backlog stays, which still works.
+            unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) };
+        }
         let limits = Limits {
             max_swarms: config.max_swarms,
             max_swarm_members: config.max_swarm_members,
             max_members: config.max_members,
+            max_members_per_ip: config.max_members_per_ip,
         };
+        let now = Instant::now();
+        let connections = Connections::new(&config, now);
         Ok(Conductor {
             listener,
             shared: Arc::new(Shared {
                 config,
-                registry: Mutex::new(Registry::new(limits, Instant::now())),
-                clients: AtomicUsize::new(0),
+                registry: Mutex::new(Registry::new(limits, now)),
+                connections: Mutex::new(connections),
                 turned_away: AtomicU64::new(0),
+                evicted: AtomicU64::new(0),
             }),
         })
     }
@@ -448,46 +762,126 @@ impl Conductor {
 
     /// Serves forever; returns only if it cannot start.
     pub fn run(self) -> anyhow::Result<()> {
+        let config = &self.shared.config;
+        #[cfg(unix)]
+        raise_fd_limit(hard_cap(config.max_clients).saturating_add(FD_MARGIN));
         let shared = Arc::clone(&self.shared);
         thread::Builder::new()
             .name("conductor-reaper".into())
             .spawn(move || reap_forever(&shared))
             .context("cannot start the reaper thread")?;
-        let config = &self.shared.config;
         info!(
-            "serving on {}: interval {:?}, at most {} clients",
+            "serving on {}: interval {:?}, at most {} clients ({} per address), {} members per address",
             self.local_addr()?,
             config.interval,
-            config.max_clients
+            config.max_clients,
+            config.max_clients_per_ip,
+            config.max_members_per_ip,
         );
+        let mut last_warning: Option<Instant> = None;
+        let mut failures = 0u64;
+        // Every client thread not yet joined: the count of client threads that exist.
+        let mut threads = HashMap::new();
         loop {
             match self.listener.accept() {
-                Ok((stream, _)) => self.admit(stream),
+                Ok((stream, peer)) => self.admit(&mut threads, stream, peer),
                 Err(e) => {
-                    warn!("cannot accept a connection: {e}");
+                    // Out of descriptors: shed the longest-waiting connection so that the next
+                    // accept finds one free, rather than leaving everyone in the backlog.
+                    #[cfg(unix)]
+                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+                        && self.shared.connections().evict(|_, _, _| Some(()))
+                    {
+                        self.shared.evicted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    failures += 1;
+                    if last_warning.is_none_or(|t| t.elapsed() >= ACCEPT_WARN_PERIOD) {
+                        warn!("cannot accept a connection: {e} ({failures} failures so far)");
+                        last_warning = Some(Instant::now());
+                    }
                     thread::sleep(ACCEPT_BACKOFF);
                 }
             }
         }
     }
 
-    fn admit(&self, stream: TcpStream) {
+    fn admit(
+        &self,
+        threads: &mut HashMap<u64, thread::JoinHandle<()>>,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) {
         let shared = &self.shared;
-        if shared.clients.fetch_add(1, Ordering::AcqRel) >= shared.config.max_clients {
-            shared.clients.fetch_sub(1, Ordering::AcqRel);
+        // Join the threads that have finished serving, so that the count below is of threads
+        // that exist: a thread leaves the connection table just before it ends, and on an
+        // overloaded machine "just before" can last. Joining one costs microseconds.
+        let ended = std::mem::take(&mut shared.connections().ended);
+        for id in ended {
+            if let Some(handle) = threads.remove(&id) {
+                let _ = handle.join();
+            }
+        }
+        if threads.len() >= hard_cap(shared.config.max_clients) {
             turn_away(shared, &stream);
             return;
         }
-        let slot = ClientSlot(Arc::clone(shared));
+        let admitted = shared
+            .connections()
+            .admit(stream, source_of(peer.ip()), Instant::now());
+        let (id, conn, evicted) = match admitted {
+            Ok(admitted) => admitted,
+            Err(stream) => {
+                turn_away(shared, &stream);
+                return;
+            }
+        };
+        if evicted {
+            shared.evicted.fetch_add(1, Ordering::Relaxed);
+        }
+        let slot = ClientSlot {
+            shared: Arc::clone(shared),
+            id,
+            conn,
+        };
         let spawned = thread::Builder::new()
             .name("conductor-client".into())
             .stack_size(CLIENT_STACK)
-            .spawn(move || serve_client(slot, stream));
-        // The connection went down with the closure; its client will retry.
-        if let Err(e) = spawned {
-            warn!("cannot start a client thread: {e}");
-            shared.turned_away.fetch_add(1, Ordering::Relaxed);
+            .spawn(move || serve_client(slot, peer));
+        match spawned {
+            Ok(handle) => {
+                threads.insert(id, handle);
+            }
+            // The slot and the connection went down with the closure; its client will retry.
+            Err(e) => {
+                debug!("cannot start a client thread: {e}");
+                shared.turned_away.fetch_add(1, Ordering::Relaxed);
+            }
         }
+    }
+}
+
+/// Each client holds a socket, and the usual soft limit of 1024 descriptors would run out before
+/// the client cap is reached (accept would then fail instead of admitting or answering `busy`),
+/// so raise it as far as the hard limit allows.
+#[cfg(unix)]
+fn raise_fd_limit(wanted: usize) {
+    let wanted = wanted as libc::rlim_t;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 || limit.rlim_cur >= wanted
+    {
+        return;
+    }
+    let current = limit.rlim_cur;
+    limit.rlim_cur = wanted.min(limit.rlim_max);
+    // SAFETY: setrlimit only reads the struct we pass.
+    let raised = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } == 0;
+    let have = if raised { limit.rlim_cur } else { current };
+    if have < wanted {
+        warn!("only {have} file descriptors allowed, {wanted} wanted: accepting may fail before the client cap");
     }
 }
 
@@ -546,32 +940,26 @@ impl Write for DeadlineStream<'_> {
     }
 }
 
-fn serve_client(slot: ClientSlot, stream: TcpStream) {
-    let shared = &slot.0;
-    let peer = match stream.peer_addr() {
-        Ok(peer) => peer,
-        Err(e) => {
-            debug!("client gone before we could serve it: {e}");
-            return;
-        }
-    };
-    match converse(shared, &stream, peer) {
+fn serve_client(slot: ClientSlot, peer: SocketAddr) {
+    match converse(&slot.shared, &slot.conn, peer) {
         Ok(()) => {}
         Err(e) if e.is_timeout() => debug!("client {peer}: timed out, closing"),
         Err(e) => debug!("client {peer}: {e}"),
     }
 }
 
-/// Answers requests until the client closes, goes quiet or sends something wrong.
-fn converse(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> Result<(), WireError> {
+/// Answers requests until the client closes, goes quiet, sends something wrong or is evicted.
+fn converse(shared: &Shared, conn: &Conn, peer: SocketAddr) -> Result<(), WireError> {
     let config = &shared.config;
+    let stream = &conn.stream;
+    let origin = shared.connections().origin;
     // Replies are single small writes; waiting to coalesce them only adds latency.
     let _ = stream.set_nodelay(true);
     let mut writer = DeadlineStream::new(stream, Instant::now());
-    let mut reader = LineReader::new(BufReader::new(DeadlineStream::new(
-        stream,
-        Instant::now() + config.first_line_timeout,
-    )));
+    let mut reader = LineReader::new(BufReader::with_capacity(
+        CLIENT_READ_BUFFER,
+        DeadlineStream::new(stream, Instant::now() + config.first_line_timeout),
+    ));
     // An IPv4 client of a dual-stack socket shows up as ::ffff:a.b.c.d; other members must be
     // given the plain IPv4 address.
     let ip = peer.ip().to_canonical();
@@ -582,21 +970,32 @@ fn converse(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> Result<(),
             Err(e @ (WireError::LineTooLong | WireError::NotText)) => Err(e),
             Err(e) => return Err(e),
         };
+        if !conn.begin_work() {
+            return Ok(());
+        }
         writer.deadline.set(Instant::now() + config.write_timeout);
         match request {
-            Ok(request) => answer(shared, ip, request).write_to(&mut writer)?,
+            Ok(request) => {
+                let reply = answer(shared, ip, request);
+                // A client that does not take its reply is as evictable as an idle one.
+                conn.wait(stamp(origin, Instant::now()));
+                reply.write_to(&mut writer)?;
+            }
             Err(e) => {
                 debug!("client {peer}: {e}");
+                conn.wait(stamp(origin, Instant::now()));
                 ConductorReply::Error(e.to_string()).write_to(&mut writer)?;
                 linger_and_close(stream);
                 return Ok(());
             }
         }
+        let now = Instant::now();
+        conn.wait(stamp(origin, now));
         reader
             .get_ref()
             .get_ref()
             .deadline
-            .set(Instant::now() + config.idle_timeout);
+            .set(now + config.idle_timeout);
     }
 }
 
@@ -684,12 +1083,16 @@ fn reap_forever(shared: &Shared) {
                 (registry.stats(now), std::mem::take(&mut registry.refused))
             };
             let turned_away = shared.turned_away.swap(0, Ordering::Relaxed);
+            let evicted = shared.evicted.swap(0, Ordering::Relaxed);
+            let (clients, sources) = {
+                let connections = shared.connections();
+                (connections.live, connections.per_source.len())
+            };
             info!(
-                "swarms: {}  members: {}  announces/s: {:.1}  clients: {}  refused: {refused}  busy: {turned_away}",
+                "swarms: {}  members: {}  announces/s: {:.1}  clients: {clients} from {sources} addresses  refused: {refused}  busy: {turned_away}  evicted: {evicted}",
                 stats.swarms,
                 stats.members,
                 stats.announces_per_sec,
-                shared.clients.load(Ordering::Relaxed),
             );
         }
     }
@@ -813,6 +1216,7 @@ mod tests {
             max_swarms,
             max_swarm_members,
             max_members,
+            max_members_per_ip: usize::MAX,
         }
     }
 
@@ -958,5 +1362,211 @@ mod tests {
         let t = start + Duration::from_secs(1000);
         rate.record(t);
         assert!((rate.per_second(t) - 1.0 / (RATE_WINDOW_SECS - 1) as f64).abs() < 0.01);
+    }
+
+    #[test]
+    fn members_are_capped_per_source_address() {
+        let now = Instant::now();
+        let (a, b) = (Checksum::of(b"a"), Checksum::of(b"b"));
+        let id = PeerId::random();
+        let mut registry = Registry::new(
+            Limits {
+                max_members_per_ip: 3,
+                ..limits(10, 100, 100)
+            },
+            now,
+        );
+        // The cap counts over all swarms.
+        registry.announce(a, addr(1), id, now).unwrap();
+        registry.announce(a, addr(2), id, now).unwrap();
+        registry.announce(b, addr(3), id, now).unwrap();
+        assert_eq!(
+            registry.announce(a, addr(4), id, now),
+            Err("too many members from this address")
+        );
+        assert_eq!(
+            registry.announce(Checksum::of(b"new"), addr(4), id, now),
+            Err("too many members from this address")
+        );
+        // Members already there refresh, and other addresses are not affected.
+        assert_eq!(
+            registry.announce(a, addr(1), id, now).unwrap().0,
+            Change::Refreshed
+        );
+        let other = SocketAddr::from(([10, 0, 0, 2], 4));
+        registry.announce(a, other, id, now).unwrap();
+        // Leaving and expiring give the places back.
+        assert!(registry.leave(a, addr(1), id));
+        registry.announce(a, addr(4), id, now).unwrap();
+        let later = now + Duration::from_secs(5);
+        registry.announce(a, addr(4), id, later).unwrap();
+        assert_eq!(registry.expire(now + Duration::from_secs(1)).len(), 3);
+        assert_eq!(registry.per_source.get(&addr(4).ip()), Some(&1));
+        registry.announce(a, addr(5), id, later).unwrap();
+        registry.announce(a, addr(6), id, later).unwrap();
+        assert!(registry.announce(a, addr(7), id, later).is_err());
+        assert_eq!(registry.members, 3);
+
+        // IPv6 addresses count by /64; IPv4-mapped ones as IPv4.
+        let v6 = |text: &str| SocketAddr::new(text.parse().unwrap(), 9);
+        for host in ["fd00::1", "fd00::2", "fd00::3"] {
+            registry.announce(a, v6(host), id, later).unwrap();
+        }
+        assert!(registry.announce(a, v6("fd00::4"), id, later).is_err());
+        registry
+            .announce(a, v6("fd00:0:0:1::4"), id, later)
+            .unwrap();
+        assert_eq!(source_of("::ffff:10.0.0.1".parse().unwrap()), addr(1).ip());
+    }
+
+    /// A connected pair on 127.0.0.1: the server's end, and the client's to keep it open.
+    fn pair(listener: &TcpListener) -> (TcpStream, TcpStream) {
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (server, client)
+    }
+
+    /// True when the server's end of `client` is shut down.
+    fn shut(client: &TcpStream) -> bool {
+        client
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        matches!((&*client).read(&mut [0u8; 1]), Ok(0) | Err(_)) && client.take_error().is_ok()
+    }
+
+    /// Admits connections into `table` at given times, keeping the client ends open.
+    struct Admitter {
+        listener: TcpListener,
+        start: Instant,
+        clients: Vec<TcpStream>,
+    }
+
+    impl Admitter {
+        fn new() -> Admitter {
+            Admitter {
+                listener: TcpListener::bind("127.0.0.1:0").unwrap(),
+                start: Instant::now(),
+                clients: Vec::new(),
+            }
+        }
+
+        fn table(&self, max_clients: usize, max_clients_per_ip: usize) -> Connections {
+            let config = ConductorConfig {
+                max_clients,
+                max_clients_per_ip,
+                ..ConductorConfig::default()
+            };
+            Connections::new(&config, self.start)
+        }
+
+        /// The connection and whether one was evicted for it, or None if turned away.
+        fn admit(
+            &mut self,
+            table: &mut Connections,
+            source: [u8; 4],
+            ms: u64,
+        ) -> Option<(Arc<Conn>, bool)> {
+            let (server, client) = pair(&self.listener);
+            self.clients.push(client);
+            let now = self.start + Duration::from_millis(ms);
+            table
+                .admit(server, IpAddr::from(source), now)
+                .map(|(_, conn, evicted)| (conn, evicted))
+                .ok()
+        }
+    }
+
+    fn evicted(conn: &Conn) -> bool {
+        conn.state.load(Ordering::Acquire) == EVICTED
+    }
+
+    #[test]
+    fn a_source_at_its_cap_replaces_only_its_own_stale_connections() {
+        let mut t = Admitter::new();
+        let mut table = t.table(10, 2);
+        let (abuser, honest) = ([10, 0, 0, 2], [10, 0, 0, 1]);
+        let (a1, was_evicted) = t.admit(&mut table, abuser, 0).unwrap();
+        assert!(!was_evicted);
+        let (a2, _) = t.admit(&mut table, abuser, 1).unwrap();
+        let (h1, _) = t.admit(&mut table, honest, 2).unwrap();
+        // Turned away while its own connections are fresh...
+        assert!(t.admit(&mut table, abuser, 3).is_none());
+        // ... it replaces its own oldest once that one has waited a while, never another's.
+        let (a3, was_evicted) = t.admit(&mut table, abuser, 1500).unwrap();
+        assert!(was_evicted && evicted(&a1) && !evicted(&a2) && !evicted(&h1));
+        assert_eq!((table.live, table.conns.len()), (3, 4));
+        assert_eq!(table.per_source.get(&IpAddr::from(abuser)), Some(&2));
+        // A connection answering a request is never taken: the stale a2 is busy, a3 is fresh.
+        assert!(a2.begin_work());
+        assert!(t.admit(&mut table, abuser, 1600).is_none());
+        let (_a4, _) = t.admit(&mut table, abuser, 2600).unwrap();
+        assert!(evicted(&a3) && !evicted(&a2));
+        // Threads ending free their places; evicted ones were already counted out.
+        for id in 0..table.next_id {
+            table.remove(id);
+        }
+        assert_eq!((table.live, table.conns.len()), (0, 0));
+        assert!(table.per_source.is_empty());
+        assert!(shut(&t.clients[0]));
+    }
+
+    #[test]
+    fn at_the_overall_cap_lighter_sources_get_in_first() {
+        let mut t = Admitter::new();
+        let mut table = t.table(4, 10);
+        let (abuser, honest, other) = ([10, 0, 0, 2], [10, 0, 0, 1], [10, 0, 0, 3]);
+        let (a1, _) = t.admit(&mut table, abuser, 0).unwrap();
+        let (a2, _) = t.admit(&mut table, abuser, 1).unwrap();
+        let (a3, _) = t.admit(&mut table, abuser, 2).unwrap();
+        let (h1, _) = t.admit(&mut table, honest, 100).unwrap();
+        // A newcomer from a lighter source takes the place of the heaviest source's oldest
+        // waiting connection, even a fresh one.
+        let (h2, was_evicted) = t.admit(&mut table, honest, 200).unwrap();
+        assert!(was_evicted && evicted(&a1) && !evicted(&h1));
+        // No source is heavier than the honest one now (2 each): turned away while everything
+        // is fresh; later the stalest connection of all gives way.
+        assert!(t.admit(&mut table, honest, 300).is_none());
+        let (h3, was_evicted) = t.admit(&mut table, honest, 1500).unwrap();
+        assert!(was_evicted && evicted(&a2) && !evicted(&a3) && !evicted(&h1));
+        // Busy connections are never taken; stale ones of heavier sources go first.
+        assert!(a3.begin_work() && h1.begin_work() && h2.begin_work());
+        let (_o1, was_evicted) = t.admit(&mut table, other, 5000).unwrap();
+        assert!(was_evicted && evicted(&h3));
+        // An evicted connection cannot start work, and stays evicted.
+        assert!(!h3.begin_work());
+        h3.wait(table.stamp(t.start + Duration::from_secs(6)));
+        assert!(evicted(&h3));
+        // Nothing waiting is eligible: the newcomer's own source is the only waiting one, and
+        // it is fresh.
+        assert!(t.admit(&mut table, other, 5001).is_none());
+        assert_eq!(table.live, 4);
+    }
+
+    #[test]
+    fn the_thread_count_is_bounded_by_the_hard_cap() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let now = Instant::now();
+        let config = ConductorConfig {
+            max_clients: 2,
+            max_clients_per_ip: 2,
+            ..ConductorConfig::default()
+        };
+        let mut table = Connections::new(&config, now);
+        let source = IpAddr::from([10, 0, 0, 1]);
+        let mut keep = Vec::new();
+        let mut admitted = 0;
+        // Evicted connections whose threads have not ended yet (never removed here) count
+        // against the hard cap.
+        for i in 0..100 {
+            let (server, client) = pair(&listener);
+            keep.push(client);
+            let now = now + EVICTABLE_AFTER * (i + 1);
+            if table.admit(server, source, now).is_ok() {
+                admitted += 1;
+            }
+        }
+        assert_eq!(admitted, hard_cap(2));
+        assert_eq!(table.conns.len(), hard_cap(2));
+        assert_eq!(table.live, 2);
     }
 }

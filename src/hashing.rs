@@ -21,7 +21,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -30,10 +30,10 @@ use sha2::{Digest, Sha256};
 use crate::orch::{Checksum, Orchestra, MAX_PARTS};
 
 /// Largest single read, and the size of each pooled buffer.
-pub const CHUNK_BYTES: usize = 2 * 1024 * 1024;
+pub const CHUNK_BYTES: usize = 1024 * 1024;
 const PAGE: usize = 4096;
 /// Buffers in the pool: the most file data held in memory at once is this times [`CHUNK_BYTES`].
-pub const POOL_BUFFERS: usize = 12;
+pub const POOL_BUFFERS: usize = 16;
 
 /// The checksums of a file: of the whole (when asked for) and of every part, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,17 +85,10 @@ pub fn hash_file(
     } else {
         cores
     };
-    let env = |k: &str, d: usize| {
-        std::env::var(k)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(d)
-    }; // TEMP-TUNING
     let tuning = Tuning {
-        chunk: env("TNC_CHUNK", CHUNK_BYTES),      // TEMP-TUNING
-        pool: env("TNC_POOL", POOL_BUFFERS),       // TEMP-TUNING
-        workers: env("TNC_WORKERS", spare.max(1)), // TEMP-TUNING
-        inline_full: env("TNC_INLINE", (cores <= 2) as usize) != 0, // TEMP-TUNING
+        chunk: CHUNK_BYTES,
+        pool: POOL_BUFFERS,
+        workers: spare.max(1),
         #[cfg(test)]
         panic_at_part: None,
     };
@@ -110,8 +103,6 @@ struct Tuning {
     chunk: usize,
     pool: usize,
     workers: usize,
-    /// Hash the whole file on the reading thread rather than on a thread of its own.
-    inline_full: bool,
     /// Fault injection: the part hasher that reaches this part panics.
     #[cfg(test)]
     panic_at_part: Option<u64>,
@@ -137,10 +128,12 @@ fn hash_open_file(
         panic_at_part: tuning.panic_at_part,
     };
     let pool = tuning.pool.max(1);
+    // Filled in place by the part hashers: the only memory that grows with the file.
+    let parts = Mutex::new(vec![Checksum([0; 32]); part_count as usize]);
+    let parts_out = &parts;
 
-    thread::scope(|scope| {
-        let mut inline_hasher = (want_full && tuning.inline_full).then(Sha256::new);
-        let (full_tx, full_handle) = if want_full && !tuning.inline_full {
+    let file_checksum = thread::scope(|scope| {
+        let (full_tx, full_handle) = if want_full {
             let (tx, rx) = mpsc::sync_channel::<Chunk>(pool);
             let handle = thread::Builder::new()
                 .name("hash-file".into())
@@ -156,7 +149,9 @@ fn hash_open_file(
             let (tx, rx) = mpsc::sync_channel::<Chunk>(pool);
             let handle = thread::Builder::new()
                 .name(format!("hash-parts-{worker}"))
-                .spawn_scoped(scope, move || hash_parts(rx, plan, worker as u64))
+                .spawn_scoped(scope, move || {
+                    hash_parts(rx, plan, worker as u64, parts_out)
+                })
                 .context("cannot start a hashing thread")?;
             part_txs.push(tx);
             part_handles.push(handle);
@@ -164,19 +159,11 @@ fn hash_open_file(
 
         // The senders move into `read_all` and are dropped when it returns, however it returns,
         // so that every hasher sees the end of its input.
-        let whole = match (full_tx, inline_hasher.as_mut()) {
-            (Some(tx), _) => Whole::Thread(tx),
-            (None, Some(hasher)) => Whole::Inline(hasher),
-            (None, None) => Whole::Skip,
-        };
-        let read_result = read_all(file, path, plan, pool, whole, part_txs, progress);
+        let read_result = read_all(file, path, plan, pool, full_tx, part_txs, progress);
 
         let mut panicked = None;
-        let file_checksum = match inline_hasher {
-            Some(hasher) => Some(Checksum(hasher.finalize().into())),
-            None => full_handle.and_then(|h| join(h, &mut panicked)),
-        };
-        let worker_parts: Vec<Option<Vec<Checksum>>> = part_handles
+        let file_checksum = full_handle.and_then(|h| join(h, &mut panicked));
+        let worker_counts: Vec<Option<u64>> = part_handles
             .into_iter()
             .map(|h| join(h, &mut panicked))
             .collect();
@@ -188,22 +175,20 @@ fn hash_open_file(
         }
         read_result?;
 
-        // Worker w holds parts w, w + W, w + 2W, ... in order; interleave them back.
-        let mut worker_parts: Vec<std::vec::IntoIter<Checksum>> = worker_parts
-            .into_iter()
-            .map(|p| p.unwrap_or_default().into_iter())
-            .collect();
-        let mut parts = Vec::with_capacity(part_count as usize);
-        for index in 0..part_count as usize {
-            let checksum = worker_parts[index % workers]
-                .next()
-                .ok_or_else(|| anyhow!("hashing {} lost part {index}", path.display()))?;
-            parts.push(checksum);
+        for (worker, count) in worker_counts.into_iter().enumerate() {
+            let expected = plan.parts_of_worker(part_count, worker as u64);
+            if count != Some(expected) {
+                bail!(
+                    "hashing {} failed: part hasher {worker} hashed {count:?} parts, not {expected}",
+                    path.display()
+                );
+            }
         }
-        Ok(FileHashes {
-            file: file_checksum,
-            parts,
-        })
+        Ok(file_checksum)
+    })?;
+    Ok(FileHashes {
+        file: file_checksum,
+        parts: parts.into_inner().unwrap_or_else(|e| e.into_inner()),
     })
 }
 
@@ -267,6 +252,12 @@ impl Plan {
         )
     }
 
+    /// How many of the `part_count` parts belong to `worker`: those with `index % workers ==
+    /// worker`.
+    fn parts_of_worker(&self, part_count: u64, worker: u64) -> u64 {
+        (part_count + self.workers - 1 - worker) / self.workers
+    }
+
     /// The first part in `first ..= last` that belongs to `worker`, if any.
     fn first_of_worker(&self, first: u64, last: u64, worker: u64) -> Option<u64> {
         let part = first + (worker + self.workers - first % self.workers) % self.workers;
@@ -301,22 +292,13 @@ struct Chunk {
     offset: u64,
 }
 
-/// Who computes the whole-file checksum, if anyone.
-enum Whole<'a> {
-    Skip,
-    /// The hasher thread fed by this channel.
-    Thread(SyncSender<Chunk>),
-    /// The reading thread itself, after handing each chunk to the part hashers.
-    Inline(&'a mut Sha256),
-}
-
 /// Reads the file into pooled buffers and hands each chunk to the threads that need it.
 fn read_all(
     file: &mut File,
     path: &Path,
     plan: Plan,
     pool_size: usize,
-    mut whole: Whole<'_>,
+    full_tx: Option<SyncSender<Chunk>>,
     part_txs: Vec<SyncSender<Chunk>>,
     progress: &dyn Fn(u64),
 ) -> Result<()> {
@@ -358,7 +340,7 @@ fn read_all(
             start,
             home: home.clone(),
         });
-        if let Whole::Thread(tx) = &whole {
+        if let Some(tx) = &full_tx {
             let chunk = Chunk {
                 buffer: Arc::clone(&buffer),
                 offset: pos,
@@ -374,9 +356,6 @@ fn read_all(
                 };
                 tx.send(chunk).map_err(|_| stopped())?;
             }
-        }
-        if let Whole::Inline(hasher) = &mut whole {
-            hasher.update(buffer.bytes());
         }
         drop(buffer);
         pos += len as u64;
@@ -408,8 +387,9 @@ fn hash_whole(chunks: Receiver<Chunk>) -> Checksum {
 }
 
 /// A part hasher: the parts `worker`, `worker + W`, ... in order, from the chunks that hold them.
-fn hash_parts(chunks: Receiver<Chunk>, plan: Plan, worker: u64) -> Vec<Checksum> {
-    let mut done = Vec::new();
+/// Stores each checksum in `out` and returns how many parts it hashed.
+fn hash_parts(chunks: Receiver<Chunk>, plan: Plan, worker: u64, out: &Mutex<Vec<Checksum>>) -> u64 {
+    let mut done = 0;
     // The part being hashed across chunks, if one is open.
     let mut open: Option<(u64, Sha256)> = None;
     for chunk in chunks {
@@ -433,7 +413,9 @@ fn hash_parts(chunks: Receiver<Chunk>, plan: Plan, worker: u64) -> Vec<Checksum>
             };
             hasher.update(&data[(from - start) as usize..(to - start) as usize]);
             if to == part_end {
-                done.push(Checksum(hasher.finalize().into()));
+                let checksum = Checksum(hasher.finalize().into());
+                out.lock().unwrap_or_else(|e| e.into_inner())[index as usize] = checksum;
+                done += 1;
             } else {
                 open = Some((index, hasher));
             }
@@ -513,7 +495,6 @@ mod tests {
             chunk,
             pool,
             workers,
-            inline_full: false,
             panic_at_part: None,
         }
     }

@@ -188,7 +188,7 @@ fn output_option() {
 
     // A folder that does not exist: refused before hashing.
     let out = run.composer(&["in.bin", "-o", "missing/x.orch"]);
-    assert_error(&out, 1, &["missing"]);
+    assert_error(&out, 5, &["missing"]);
 
     // Never over the file it describes.
     let out = run.composer(&["in.bin", "-o", "in.bin"]);
@@ -249,7 +249,7 @@ fn part_size_out_of_range_or_malformed() {
 fn missing_file() {
     let run = Run::new();
     let out = run.composer(&["nowhere.bin"]);
-    assert_error(&out, 1, &["nowhere.bin", "No such file"]);
+    assert_error(&out, 5, &["nowhere.bin", "No such file"]);
     assert_eq!(run.files(), Vec::<String>::new());
 }
 
@@ -257,7 +257,7 @@ fn missing_file() {
 fn folder_instead_of_file() {
     let run = Run::new();
     fs::create_dir(run.path("adir")).unwrap();
-    assert_error(&run.composer(&["adir"]), 1, &["adir", "not a regular file"]);
+    assert_error(&run.composer(&["adir"]), 5, &["adir", "not a regular file"]);
 }
 
 #[test]
@@ -341,7 +341,7 @@ fn json_escapes_odd_paths_and_reports_errors() {
     assert_eq!(v["orch"], format!("back\\slash/{name}.orch"));
 
     let out = run.composer(&["missing.bin", "--json"]);
-    assert_error(&out, 1, &["missing.bin"]);
+    assert_error(&out, 5, &["missing.bin"]);
     let v: serde_json::Value = serde_json::from_str(stdout(&out).trim_end()).unwrap();
     assert_eq!(v["event"], "error");
     assert!(v["message"].as_str().unwrap().contains("missing.bin"));

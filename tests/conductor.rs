@@ -5,9 +5,12 @@ use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use socket2::{Domain, Protocol, Socket, Type};
 use torrentnchill::conductor::{announce, leave, stats};
 use torrentnchill::orch::{Checksum, SwarmId};
 use torrentnchill::wire::{PeerId, MAX_LINE};
@@ -349,22 +352,259 @@ fn bad_clients_get_errors_and_do_not_disturb_others() {
 }
 
 #[test]
-fn clients_over_the_cap_are_turned_away() {
-    let conductor = Running::start(&["--max-clients", "1"]);
-    let holder = conductor.raw();
-    let busy = conductor.raw();
-    assert_eq!(read_reply_line(&busy), "ERROR busy\n");
-    drop(holder);
-    // Once the holder's thread notices the close, its place is free again.
+fn at_the_cap_idle_connections_give_way_to_members() {
+    let conductor = Running::start(&["--max-clients", "2"]);
+    // Two connections from another machine that never send anything fill the places.
+    let mut oldest = connect_from(2, &conductor.addr).unwrap();
+    thread::sleep(Duration::from_millis(50));
+    let mut younger = connect_from(2, &conductor.addr).unwrap();
+    thread::sleep(Duration::from_millis(50));
+    // A member arriving at the cap is served: the connection that has waited longest, from the
+    // address holding the most connections, is closed to make room.
     let swarm = Checksum::of(b"cap");
-    assert!(wait_for(TIMEOUT, || announce(
-        &conductor.addr,
-        swarm,
-        PeerId::random(),
-        46001,
-        TIMEOUT
-    )
-    .is_ok()));
+    let peers = conductor.announce(swarm, PeerId::random(), 46001);
+    assert!(peers.is_empty());
+    assert!(
+        closed_by_server(&mut oldest),
+        "the oldest idle connection stayed"
+    );
+    // The other one keeps its place (until its first-line deadline).
+    younger
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    assert!(!closed_by_server(&mut younger));
+    let counters = stats(&conductor.addr, TIMEOUT).unwrap();
+    assert_eq!(counters.members, 1);
+}
+
+/// A TCP connection to `to` from the local address 127.0.0.`host`, so that the conductor sees
+/// another client machine.
+fn connect_from(host: u8, to: &str) -> std::io::Result<TcpStream> {
+    let to: SocketAddr = to.parse().unwrap();
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    socket.bind(&SocketAddr::from(([127, 0, 0, host], 0)).into())?;
+    socket.connect_timeout(&to.into(), TIMEOUT)?;
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    stream.set_write_timeout(Some(TIMEOUT))?;
+    Ok(stream)
+}
+
+/// A field of /proc/PID/status (e.g. `Threads`, `VmHWM`) as a number.
+fn proc_status(pid: u32, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Announces `count` members from 127.0.0.`host`, ports `first_port` onwards, several requests
+/// per connection; returns how many were accepted and how many refused, and the reasons.
+fn flood(conductor: &str, host: u8, swarm: SwarmId, first_port: u16, count: u16) -> (u32, u32) {
+    const PER_CONNECTION: u16 = 50;
+    let (mut accepted, mut refused) = (0, 0);
+    for chunk in (0..count).step_by(PER_CONNECTION as usize) {
+        let stream = connect_from(host, conductor).unwrap();
+        let lines: String = (chunk..(chunk + PER_CONNECTION).min(count))
+            .map(|i| {
+                format!(
+                    "ANNOUNCE tnc/1 {swarm} {} {}\n",
+                    PeerId::random(),
+                    first_port + i
+                )
+            })
+            .collect();
+        (&stream).write_all(lines.as_bytes()).unwrap();
+        let mut reader = BufReader::new(&stream);
+        for _ in 0..lines.lines().count() {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if let Some(count) = line.strip_prefix("PEERS ") {
+                accepted += 1;
+                let count: usize = count.split_whitespace().nth(1).unwrap().parse().unwrap();
+                for _ in 0..count {
+                    reader.read_line(&mut String::new()).unwrap();
+                }
+            } else {
+                assert_eq!(line, "ERROR too many members from this address\n");
+                refused += 1;
+            }
+        }
+    }
+    (accepted, refused)
+}
+
+/// Issue 5, item 8 at CI size: idle and half-open connections, garbage, a 10 MB line and a
+/// flood of announces from one address, all at once, while honest members keep announcing.
+#[test]
+fn abuse_does_not_stop_honest_members() {
+    let conductor = Running::start(&[]);
+    let pid = conductor.child.id();
+    let addr = conductor.addr.clone();
+    let swarm = Checksum::of(b"abused");
+    let honest: Vec<(PeerId, u16)> = (0..20).map(|i| (PeerId::random(), 48000 + i)).collect();
+    for &(id, port) in &honest {
+        conductor.announce(swarm, id, port);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut abusers = Vec::new();
+
+    // 300 connections that never send (slowloris), more than one address may hold (256).
+    let idle = {
+        let addr = addr.clone();
+        thread::spawn(move || {
+            (0..300)
+                .map(|_| connect_from(2, &addr).unwrap())
+                .collect::<Vec<_>>()
+        })
+    };
+    // 100 half-open ones: half a request, then nothing.
+    let half_open = {
+        let addr = addr.clone();
+        thread::spawn(move || {
+            (0..100)
+                .map(|_| {
+                    let mut s = connect_from(3, &addr).unwrap();
+                    s.write_all(b"ANNOUNCE tnc/1 ").unwrap();
+                    s
+                })
+                .collect::<Vec<_>>()
+        })
+    };
+    // Garbage, until told to stop: every connection gets an ERROR or is closed.
+    abusers.push({
+        let (addr, stop) = (addr.clone(), Arc::clone(&stop));
+        thread::spawn(move || {
+            let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+            let mut sent = 0u32;
+            while !stop.load(Ordering::Relaxed) && sent < 2000 {
+                let Ok(mut s) = connect_from(4, &addr) else {
+                    continue;
+                };
+                let garbage: Vec<u8> = (0..200)
+                    .map(|i| {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        if i % 50 == 49 {
+                            b'\n'
+                        } else {
+                            seed as u8
+                        }
+                    })
+                    .collect();
+                let _ = s.write_all(&garbage);
+                let reply = read_reply_line(&s);
+                assert!(reply.is_empty() || reply.starts_with("ERROR "), "{reply:?}");
+                sent += 1;
+            }
+            sent
+        })
+    });
+    // One 10 MB line: cut off long before its end.
+    let long_line = {
+        let addr = addr.clone();
+        thread::spawn(move || {
+            let mut s = connect_from(5, &addr).unwrap();
+            let chunk = vec![b'A'; 64 * 1024];
+            let mut written = 0usize;
+            while written < 10 * 1024 * 1024 {
+                match s.write(&chunk) {
+                    Ok(n) => written += n,
+                    Err(_) => break,
+                }
+            }
+            written
+        })
+    };
+    // 1,500 announces from one address, more than it may hold (1,024 members).
+    let flooder = {
+        let addr = addr.clone();
+        thread::spawn(move || flood(&addr, 9, swarm, 1, 1500))
+    };
+
+    // Meanwhile every honest member is answered at every round, and the conductor stays within
+    // its thread bound (1,024 clients + 128 being evicted + the acceptor and reaper).
+    let mut max_threads = 0;
+    for _round in 0..5 {
+        for &(id, port) in &honest {
+            let (_, peers) = announce(&addr, swarm, id, port, TIMEOUT)
+                .unwrap_or_else(|e| panic!("honest announce failed under abuse: {e:#}"));
+            assert!(!peers.contains(&local(port)));
+        }
+        max_threads = max_threads.max(proc_status(pid, "Threads").unwrap());
+        thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+
+    let (accepted, refused) = flooder.join().unwrap();
+    assert_eq!((accepted, refused), (1024, 476));
+    let written = long_line.join().unwrap();
+    assert!(written < 10 * 1024 * 1024, "the 10 MB line was read whole");
+    for garbage in abusers {
+        assert!(garbage.join().unwrap() > 0);
+    }
+    let mut idle = idle.join().unwrap();
+    let mut half_open = half_open.join().unwrap();
+    // One address holds at most 256 connections: its oldest were closed to make room.
+    for s in &idle {
+        s.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+    }
+    let closed = idle.iter_mut().map(closed_by_server).filter(|&c| c).count();
+    assert!(closed >= 300 - 256, "{closed} idle connections closed");
+    assert!(max_threads <= 1024 + 128 + 4, "{max_threads} threads");
+
+    // Every honest member is still there, next to the flood's 1,024.
+    let counters = stats(&addr, TIMEOUT).unwrap();
+    assert_eq!(counters.members, 20 + 1024);
+    // Each answer holds 50 of the 1,044: after 1,000 answers, missing one would take luck
+    // of the order of e^-48.
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..1000 {
+        let (id, port) = honest[0];
+        seen.extend(conductor.announce(swarm, id, port));
+    }
+    let honest_seen = honest[1..]
+        .iter()
+        .filter(|&&(_, p)| seen.contains(&local(p)));
+    assert_eq!(honest_seen.count(), honest.len() - 1);
+
+    // The stalled connections are cut off at their first-line deadline (5 s).
+    half_open[0]
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert!(closed_by_server(&mut half_open[0]));
+    let rss_kib = proc_status(pid, "VmHWM").unwrap();
+    assert!(rss_kib < 256 * 1024, "peak RSS {rss_kib} KiB");
+}
+
+/// Idle connections spread over many addresses fill the overall cap; newcomers still get in
+/// because the longest-waiting connection gives way, and the thread count stays bounded.
+#[test]
+fn idle_connections_from_many_addresses_give_way() {
+    let conductor = Running::start(&["--max-clients", "64"]);
+    let pid = conductor.child.id();
+    let mut idle = Vec::new();
+    for i in 0..200 {
+        idle.push(connect_from(10 + (i % 10) as u8, &conductor.addr).unwrap());
+    }
+    let swarm = Checksum::of(b"many");
+    for port in 49001..49021 {
+        let (_, _) = announce(&conductor.addr, swarm, PeerId::random(), port, TIMEOUT)
+            .unwrap_or_else(|e| panic!("announce at the cap failed: {e:#}"));
+    }
+    // 64 places and at most 16 evictions under way, plus the acceptor, reaper and main thread.
+    let threads = proc_status(pid, "Threads").unwrap();
+    assert!(threads <= 64 + 16 + 3, "{threads} threads");
+    for s in &idle {
+        s.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+    }
+    let closed = idle.iter_mut().map(closed_by_server).filter(|&c| c).count();
+    assert!(
+        closed >= 200 - 64,
+        "only {closed} of 200 idle connections were closed"
+    );
+    assert!(conductor.log_text().contains("at most 64 clients"));
 }
 
 #[test]

@@ -5,12 +5,14 @@ use std::fs::{self, OpenOptions};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context, Result};
-use clap::Parser;
+use anyhow::{anyhow, Context, Result};
+use clap::{CommandFactory, Parser};
 use indicatif::{BinaryBytes, ProgressBar, ProgressStyle};
 
+use torrentnchill::cli::{self, exit, BarSlot};
 use torrentnchill::hashing::hash_file;
 use torrentnchill::json;
 use torrentnchill::orch::{self, Orchestra, MAX_PARTS, MAX_PART_SIZE, MIN_PART_SIZE};
@@ -26,19 +28,25 @@ Examples:
   composer bigfile.iso tracker.lan:9999 4M     parts of 4 MiB instead of the default
   composer bigfile.iso -o /srv/orch/           write /srv/orch/bigfile.iso.orch
   composer bigfile.iso --json                  one JSON line on stdout, for scripts
+  composer --generate bash                     print bash completions (also zsh, fish, man)
 
 PART_SIZE is a number of bytes, optionally followed by K, M or G (or KiB, MiB, GiB), all
 multiples of 1024: 262144, 256K, 4M, 1MiB. It must be from 16K to 64M. The default is a power of
 two from 256K to 16M that gives about 1,000 to 2,000 parts.
 
-Exit status: 0 when the .orch is written, 2 for a bad command line, 1 for any other error.";
+A progress bar is drawn on a terminal for files of 64 MiB and more. Logs: RUST_LOG (default
+warn), or --log-file PATH.
+
+Exit status: 0 when the .orch is written; 1 other error (such as a file name a .orch cannot
+hold); 2 bad command line; 5 disk (cannot read FILE, or cannot write the .orch).";
 
 /// Checksum a file and write the .orch that lets a swarm share it.
 #[derive(Parser)]
 #[command(name = "composer", version, after_help = EXAMPLES)]
 struct Args {
     /// The file to share.
-    file: PathBuf,
+    #[arg(required = true)]
+    file: Option<PathBuf>,
 
     /// The conductor members will announce to, as HOST:PORT.
     #[arg(default_value = DEFAULT_CONDUCTOR)]
@@ -59,48 +67,74 @@ struct Args {
     /// Print nothing but errors.
     #[arg(short, long)]
     quiet: bool,
+
+    /// Write logs to this file (its folder is created) instead of the terminal.
+    #[arg(long, value_name = "PATH")]
+    log_file: Option<PathBuf>,
+
+    /// Print shell completions or a man page and exit.
+    #[arg(long, value_name = "WHAT", hide = true, exclusive = true)]
+    generate: Option<cli::Generate>,
 }
 
-/// A bad command line: reported like any error, but with clap's exit status.
-struct Usage(String);
+/// An exit code and the error to report with it.
+struct Failure(i32, anyhow::Error);
 
-const EXIT_FAILURE: u8 = 1;
-const EXIT_USAGE: u8 = 2;
+/// `Err(Failure(code, why))` from any error.
+trait OrExit<T> {
+    fn or_exit(self, code: i32) -> Result<T, Failure>;
+}
+
+impl<T> OrExit<T> for Result<T> {
+    fn or_exit(self, code: i32) -> Result<T, Failure> {
+        self.map_err(|e| Failure(code, e))
+    }
+}
+
+fn fail<T>(code: i32, error: anyhow::Error) -> Result<T, Failure> {
+    Err(Failure(code, error))
+}
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    match check_args(&args).and_then(|part_size| run(&args, part_size).map_err(Err)) {
+    let args: Args = cli::parse_args();
+    let bar: BarSlot = Arc::new(Mutex::new(None));
+    let result = if let Some(what) = args.generate {
+        cli::generate(what, Args::command()).or_exit(exit::FAILURE)
+    } else {
+        cli::init_logging("warn", args.log_file.as_deref(), Arc::clone(&bar), None)
+            .or_exit(exit::DISK)
+            .and_then(|()| check_args(&args))
+            .and_then(|part_size| run(&args, part_size, &bar))
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(failure) => {
-            let (code, message) = match failure {
-                Ok(Usage(message)) => (EXIT_USAGE, message),
-                Err(e) => (EXIT_FAILURE, format!("{e:#}")),
-            };
+        Err(Failure(code, e)) => {
+            let message = format!("{e:#}").replace('\n', " ");
             if args.json {
-                println!(
-                    "{{\"event\":\"error\",\"message\":{}}}",
-                    json::escape(&message)
-                );
+                json::Event::new("error")
+                    .str("message", &message)
+                    .uint("exit_code", code as u64)
+                    .print();
             }
             eprintln!("error: {message}");
-            ExitCode::from(code)
+            ExitCode::from(code as u8)
         }
     }
 }
 
 /// Checks what clap cannot: the conductor and the part size. Returns the part size, if given.
-fn check_args(args: &Args) -> Result<Option<u64>, Result<Usage, anyhow::Error>> {
-    orch::check_conductor(&args.conductor).map_err(|why| {
-        Ok(Usage(format!(
-            "invalid CONDUCTOR {:?}: {why}",
-            args.conductor
-        )))
-    })?;
+fn check_args(args: &Args) -> Result<Option<u64>, Failure> {
+    if let Err(why) = orch::check_conductor(&args.conductor) {
+        return fail(
+            exit::USAGE,
+            anyhow!("invalid CONDUCTOR {:?}: {why}", args.conductor),
+        );
+    }
     args.part_size
         .as_deref()
         .map(|text| {
             parse_part_size(text)
-                .map_err(|why| Ok(Usage(format!("invalid PART_SIZE {text:?}: {why}"))))
+                .map_err(|why| Failure(exit::USAGE, anyhow!("invalid PART_SIZE {text:?}: {why}")))
         })
         .transpose()
 }
@@ -147,27 +181,35 @@ fn parse_part_size(text: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
-fn run(args: &Args, part_size: Option<u64>) -> Result<()> {
+fn run(args: &Args, part_size: Option<u64>, bar_slot: &BarSlot) -> Result<(), Failure> {
     let started = Instant::now();
-    let file = &args.file;
-    let meta = fs::metadata(file).with_context(|| format!("cannot open {}", file.display()))?;
+    let file = args.file.as_deref().expect("clap requires FILE");
+    let meta = fs::metadata(file)
+        .with_context(|| format!("cannot open {}", file.display()))
+        .or_exit(exit::DISK)?;
     if !meta.is_file() {
-        bail!("{} is not a regular file", file.display());
+        return fail(
+            exit::DISK,
+            anyhow!("{} is not a regular file", file.display()),
+        );
     }
     let file_size = meta.len();
-    let filename = file_name(file)?;
+    let filename = file_name(file).or_exit(exit::FAILURE)?;
     let part_size = part_size.unwrap_or_else(|| Orchestra::default_part_size(file_size));
     let parts = file_size.div_ceil(part_size);
     if parts > MAX_PARTS {
-        bail!(
-            "{}: {} in parts of {} is {parts} parts, more than the limit of {MAX_PARTS}; \
-             choose a larger PART_SIZE",
-            file.display(),
-            BinaryBytes(file_size),
-            BinaryBytes(part_size)
+        return fail(
+            exit::USAGE,
+            anyhow!(
+                "{}: {} in parts of {} is {parts} parts, more than the limit of {MAX_PARTS}; \
+                 choose a larger PART_SIZE",
+                file.display(),
+                BinaryBytes(file_size),
+                BinaryBytes(part_size)
+            ),
         );
     }
-    let output = output_path(args.output.as_deref(), &filename)?;
+    let output = output_path(args.output.as_deref(), &filename);
     check_output(&output, file)?;
 
     let bar = (!args.quiet
@@ -175,19 +217,21 @@ fn run(args: &Args, part_size: Option<u64>) -> Result<()> {
         && file_size >= PROGRESS_BAR_MIN_BYTES
         && std::io::stderr().is_terminal())
     .then(|| progress_bar(file_size));
+    *bar_slot.lock().unwrap() = bar.clone();
     let progress = |done: u64| {
         if let Some(bar) = &bar {
             bar.set_position(done);
         }
     };
     let hashes = hash_file(file, file_size, part_size, true, &progress);
-    if let Some(bar) = &bar {
+    if let Some(bar) = bar_slot.lock().unwrap().take() {
         bar.finish_and_clear();
     }
-    let hashes = hashes?;
+    let hashes = hashes.or_exit(exit::DISK)?;
     let file_checksum = hashes
         .file
-        .ok_or_else(|| anyhow!("hashing {} gave no full-file checksum", file.display()))?;
+        .ok_or_else(|| anyhow!("hashing {} gave no full-file checksum", file.display()))
+        .or_exit(exit::FAILURE)?;
 
     let orchestra = Orchestra::new(
         &args.conductor,
@@ -197,19 +241,22 @@ fn run(args: &Args, part_size: Option<u64>) -> Result<()> {
         part_size,
         hashes.parts,
     )
-    .with_context(|| format!("cannot describe {} in a .orch", file.display()))?;
-    write_atomically(&output, orchestra.to_text().as_bytes())?;
+    .with_context(|| format!("cannot describe {} in a .orch", file.display()))
+    .or_exit(exit::FAILURE)?;
+    write_atomically(&output, orchestra.to_text().as_bytes()).or_exit(exit::DISK)?;
     let seconds = started.elapsed().as_secs_f64();
 
     let swarm = orchestra.swarm_id().to_hex();
     if args.json {
-        println!(
-            "{{\"event\":\"composed\",\"orch\":{},\"swarm\":{},\"file\":{},\"file_size\":{file_size},\
-             \"part_size\":{part_size},\"parts\":{parts},\"seconds\":{seconds:.6}}}",
-            json::escape(&output.to_string_lossy()),
-            json::escape(&swarm),
-            json::escape(&file.to_string_lossy()),
-        );
+        json::Event::new("composed")
+            .str("orch", &output.to_string_lossy())
+            .str("swarm", &swarm)
+            .str("file", &file.to_string_lossy())
+            .uint("file_size", file_size)
+            .uint("part_size", part_size)
+            .uint("parts", parts)
+            .num("seconds", seconds, 6)
+            .print();
     } else if !args.quiet {
         let rate = if seconds > 0.0 {
             file_size as f64 / seconds / 1e6
@@ -252,34 +299,40 @@ fn file_name(file: &Path) -> Result<String> {
 }
 
 /// `-o PATH` as given, `PATH/<name>.orch` when it is a folder, or `<name>.orch` here.
-fn output_path(output: Option<&Path>, filename: &str) -> Result<PathBuf> {
+fn output_path(output: Option<&Path>, filename: &str) -> PathBuf {
     let default_name = format!("{filename}.orch");
-    Ok(match output {
+    match output {
         None => PathBuf::from(default_name),
         Some(path) if path.is_dir() => path.join(default_name),
         Some(path) => path.to_path_buf(),
-    })
+    }
 }
 
 /// Fails early (before a long hash) if the .orch cannot go where it should, or would replace
 /// the very file it describes.
-fn check_output(output: &Path, file: &Path) -> Result<()> {
+fn check_output(output: &Path, file: &Path) -> Result<(), Failure> {
     let folder = match output.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
     if !folder.is_dir() {
-        bail!(
-            "cannot write {}: {} is not a folder",
-            output.display(),
-            folder.display()
+        return fail(
+            exit::DISK,
+            anyhow!(
+                "cannot write {}: {} is not a folder",
+                output.display(),
+                folder.display()
+            ),
         );
     }
     if let (Ok(a), Ok(b)) = (fs::canonicalize(output), fs::canonicalize(file)) {
         if a == b {
-            bail!(
-                "cannot write {}: it is the file being described",
-                output.display()
+            return fail(
+                exit::FAILURE,
+                anyhow!(
+                    "cannot write {}: it is the file being described",
+                    output.display()
+                ),
             );
         }
     }
@@ -316,7 +369,7 @@ fn progress_bar(total: u64) -> ProgressBar {
     let bar = ProgressBar::new(total);
     bar.set_style(
         ProgressStyle::with_template(
-            "hashing [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+            "hashing [{wide_bar}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",
         )
         .expect("valid progress template")
         .progress_chars("=> "),

@@ -1,27 +1,51 @@
 //! `conductor`: the tracker members announce themselves to. See [`torrentnchill::conductor`].
 
-use std::fs;
 use std::io::Write;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
+use torrentnchill::cli::{self, exit, BarSlot};
 use torrentnchill::conductor::{self, Conductor, ConductorConfig};
+use torrentnchill::json;
 
 /// How long `--stats` waits for the conductor.
 const STATS_TIMEOUT: Duration = Duration::from_secs(5);
-/// File descriptors needed besides one per client: stdio, the listener, the log file.
-const FD_MARGIN: usize = 32;
+/// How long the conductor waits for its own counters when it reports them.
+const SELF_STATS_TIMEOUT: Duration = Duration::from_secs(1);
+/// `--json` summaries come as often as the summary log line: every interval, at most once a
+/// minute.
+const MIN_SUMMARY_PERIOD: Duration = Duration::from_secs(60);
+
+const EXAMPLES: &str = "\
+Examples:
+  conductor                                    listen on 0.0.0.0:9999, members re-announce every 30 s
+  conductor --listen 0.0.0.0:7000 --interval 10s
+  conductor --log-file /var/log/tnc/conductor.log   log there (the folder is created)
+  conductor --json                             JSON events on stdout: listening, join, leave, ...
+  conductor --stats tracker.lan:9999           print a running conductor's counters
+  RUST_LOG=debug conductor                     also log every refresh and refused client
+  conductor --generate bash                    print bash completions (also zsh, fish, man)
+
+It prints `listening on IP:PORT` once it accepts connections, logs joins, leaves, expiries and
+(every interval, at most once a minute) a one-line summary. Ctrl-C or SIGTERM stops it after a
+last summary.
+
+Exit status: 0 stopped by Ctrl-C or SIGTERM, or --stats answered; 1 other error; 2 bad command
+line; 4 network (cannot listen, or --stats cannot reach the conductor); 5 cannot open the log
+file.";
 
 /// Introduces the members of each swarm to each other.
 ///
-/// Prints `listening on IP:PORT` on stdout once it accepts connections; everything else goes
-/// to the log (stderr, or --log-file). RUST_LOG sets the log level (default: info).
+/// Prints `listening on IP:PORT` on stdout once it accepts connections (or, with --json, JSON
+/// events); everything else goes to the log (stderr, or --log-file). RUST_LOG sets the log level
+/// (default: info).
 #[derive(Parser)]
-#[command(name = "conductor", version)]
+#[command(name = "conductor", version, after_help = EXAMPLES)]
 struct Args {
     /// Address and port to accept members on (port 0: any free port).
     #[arg(long, value_name = "ADDR:PORT", default_value = conductor::DEFAULT_LISTEN)]
@@ -52,32 +76,72 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     log_file: Option<PathBuf>,
 
+    /// Write newline-delimited JSON events to stdout (docs/JSON.md): listening, join, leave,
+    /// expire, summary; with --stats, one stats event.
+    #[arg(long)]
+    json: bool,
+
     /// Print the counters of the conductor at HOST:PORT and exit.
     #[arg(long, value_name = "HOST:PORT", conflicts_with_all = ["listen", "interval", "max_clients", "max_swarms", "max_swarm_members", "max_members"])]
     stats: Option<String>,
+
+    /// Print shell completions or a man page and exit.
+    #[arg(long, value_name = "WHAT", hide = true, exclusive = true)]
+    generate: Option<cli::Generate>,
 }
 
+/// An exit code and the error to report with it.
+type Failure = (i32, anyhow::Error);
+
 fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(args) {
+    let args: Args = cli::parse_args();
+    let result = match args.generate {
+        Some(what) => cli::generate(what, Args::command()).map_err(|e| (exit::FAILURE, e)),
+        None => run(&args),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("conductor: {e:#}");
-            ExitCode::FAILURE
+        Err((code, error)) => {
+            let message = format!("{error:#}").replace('\n', " ");
+            if args.json {
+                json::Event::new("error")
+                    .str("message", &message)
+                    .uint("exit_code", code as u64)
+                    .print();
+            }
+            eprintln!("error: {message}");
+            ExitCode::from(code as u8)
         }
     }
 }
 
-fn run(args: Args) -> anyhow::Result<()> {
-    init_log(args.log_file.as_deref())?;
-    if let Some(target) = args.stats {
-        let stats = conductor::stats(&target, STATS_TIMEOUT)?;
-        println!(
-            "swarms: {}  members: {}  announces/s: {:.1}",
-            stats.swarms, stats.members, stats.announces_per_sec
-        );
+fn run(args: &Args) -> Result<(), Failure> {
+    let started = Instant::now();
+    let no_bar: BarSlot = Arc::new(Mutex::new(None));
+    let tap: Option<cli::Tap> = args
+        .json
+        .then(|| (log::LevelFilter::Info, Box::new(json_from_log) as _));
+    cli::init_logging("info", args.log_file.as_deref(), no_bar, tap)
+        .map_err(|e| (exit::DISK, e))?;
+
+    if let Some(target) = &args.stats {
+        let stats = conductor::stats(target, STATS_TIMEOUT).map_err(|e| (exit::NETWORK, e))?;
+        if args.json {
+            json::Event::new("stats")
+                .str("conductor", target)
+                .uint("swarms", stats.swarms)
+                .uint("members", stats.members)
+                .num("announces_per_sec", stats.announces_per_sec, 1)
+                .print();
+        } else {
+            println!(
+                "swarms: {}  members: {}  announces/s: {:.1}",
+                stats.swarms, stats.members, stats.announces_per_sec
+            );
+        }
         return Ok(());
     }
+
     let conductor = Conductor::bind(ConductorConfig {
         listen: args.listen,
         interval: args.interval,
@@ -86,63 +150,164 @@ fn run(args: Args) -> anyhow::Result<()> {
         max_swarm_members: args.max_swarm_members,
         max_members: args.max_members,
         ..ConductorConfig::default()
+    })
+    .map_err(|e| {
+        // The socket refused (address in use, not ours, no permission) or a limit is wrong.
+        let network = e.root_cause().downcast_ref::<std::io::Error>().is_some();
+        (if network { exit::NETWORK } else { exit::USAGE }, e)
     })?;
-    #[cfg(unix)]
-    raise_fd_limit(args.max_clients.saturating_add(FD_MARGIN) as libc::rlim_t);
+    let addr = conductor.local_addr().map_err(|e| (exit::NETWORK, e))?;
+
+    // Before the line below, so that whoever reads it can already stop the conductor cleanly.
+    let json = args.json;
+    let _ = ctrlc::set_handler(move || {
+        report_summary(addr, started, json, true);
+        std::process::exit(exit::OK);
+    });
+
     // Scripts and tests read the port from this line, so it must leave the process now.
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "listening on {}", conductor.local_addr()?)
-        .and_then(|()| stdout.flush())
-        .context("cannot write to stdout")?;
-    drop(stdout);
-    conductor.run()
-}
-
-fn init_log(log_file: Option<&Path>) -> anyhow::Result<()> {
-    let mut builder =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
-    if let Some(path) = log_file {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            fs::create_dir_all(parent)
-                .with_context(|| format!("cannot create folder {}", parent.display()))?;
-        }
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("cannot open log file {}", path.display()))?;
-        builder.target(env_logger::Target::Pipe(Box::new(file)));
+    if args.json {
+        json::Event::new("listening")
+            .str("addr", &addr.to_string())
+            .num("interval_secs", args.interval.as_secs_f64(), 3)
+            .print();
+    } else {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "listening on {addr}")
+            .and_then(|()| stdout.flush())
+            .context("cannot write to stdout")
+            .map_err(|e| (exit::FAILURE, e))?;
     }
-    builder.init();
-    Ok(())
+
+    if json {
+        let period = args.interval.max(MIN_SUMMARY_PERIOD);
+        std::thread::Builder::new()
+            .name("json-summary".into())
+            .spawn(move || loop {
+                std::thread::sleep(period);
+                report_summary(addr, started, true, false);
+            })
+            .context("cannot start the summary thread")
+            .map_err(|e| (exit::FAILURE, e))?;
+    }
+    conductor.run().map_err(|e| (exit::FAILURE, e))
 }
 
-/// Each client holds a socket, and the usual soft limit of 1024 descriptors would run out before
-/// the default client cap is reached (accept would then fail instead of answering `busy`), so
-/// raise it as far as the hard limit allows.
-#[cfg(unix)]
-fn raise_fd_limit(wanted: libc::rlim_t) {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+/// Where this process can reach its own listener.
+fn self_address(addr: SocketAddr) -> SocketAddr {
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
     };
-    // SAFETY: getrlimit only writes into the struct we pass.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+    SocketAddr::new(ip, addr.port())
+}
+
+/// Asks the running conductor (this process) for its counters and reports them: a `summary`
+/// event with `--json`, and a log line when it stops.
+fn report_summary(addr: SocketAddr, started: Instant, json: bool, last: bool) {
+    let stats = conductor::stats(&self_address(addr).to_string(), SELF_STATS_TIMEOUT);
+    let seconds = started.elapsed().as_secs_f64();
+    if last {
+        match &stats {
+            Ok(s) => log::info!(
+                "stopping after {seconds:.0} s: swarms: {}  members: {}  announces/s: {:.1}",
+                s.swarms,
+                s.members,
+                s.announces_per_sec
+            ),
+            Err(e) => log::info!("stopping after {seconds:.0} s (no last count: {e:#})"),
+        }
+    }
+    if !json {
         return;
     }
-    let current = limit.rlim_cur;
-    if current >= wanted {
+    match stats {
+        Ok(s) => json::Event::new("summary")
+            .uint("swarms", s.swarms)
+            .uint("members", s.members)
+            .num("announces_per_sec", s.announces_per_sec, 1)
+            .num("seconds", seconds, 3)
+            .bool("last", last)
+            .print(),
+        Err(e) => log::warn!("cannot count for the summary: {e:#}"),
+    }
+}
+
+/// With `--json`, the conductor's log lines about members (`join SWARM ADDR`, `rejoin SWARM
+/// ADDR (new peer id)`, `leave SWARM ADDR`, `expire SWARM ADDR`, `expired N more members`)
+/// become events on stdout.
+fn json_from_log(record: &log::Record) {
+    if record.level() != log::Level::Info
+        || !record.target().starts_with("torrentnchill::conductor")
+    {
         return;
     }
-    let target = wanted.min(limit.rlim_max);
-    limit.rlim_cur = target;
-    // SAFETY: setrlimit only reads the struct we pass.
-    let raised = target > current && unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } == 0;
-    let have = if raised { target } else { current };
-    if have < wanted {
-        log::warn!(
-            "only {have} file descriptors allowed: accepting may fail before {} clients",
-            wanted.saturating_sub(FD_MARGIN as libc::rlim_t)
-        );
+    if let Some(event) = event_for(&record.args().to_string()) {
+        event.print();
+    }
+}
+
+fn event_for(message: &str) -> Option<json::Event> {
+    let words: Vec<&str> = message.split(' ').collect();
+    let member = |event: &str, swarm: &str, addr: &str| {
+        let addr: SocketAddr = addr.parse().ok()?;
+        Some(
+            json::Event::new(event)
+                .str("swarm", swarm)
+                .str("addr", &addr.to_string()),
+        )
+    };
+    match words.as_slice() {
+        ["join", swarm, addr] => Some(member("join", swarm, addr)?.bool("rejoin", false)),
+        ["rejoin", swarm, addr, "(new", "peer", "id)"] => {
+            Some(member("join", swarm, addr)?.bool("rejoin", true))
+        }
+        ["leave", swarm, addr] => member("leave", swarm, addr),
+        ["expire", swarm, addr] => member("expire", swarm, addr),
+        ["expired", count, "more", "members"] => {
+            Some(json::Event::new("expire_more").uint("count", count.parse().ok()?))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The events made from log lines have exactly the fields docs/JSON.md lists.
+    #[test]
+    fn log_lines_become_documented_events() {
+        let schema = json::parse_schema(include_str!("../../docs/JSON.md"));
+        let lines = [
+            ("join 0123456789ab 127.0.0.1:4000", "join"),
+            ("rejoin 0123456789ab [::1]:4000 (new peer id)", "join"),
+            ("leave 0123456789ab 127.0.0.1:4000", "leave"),
+            ("expire 0123456789ab 127.0.0.1:4000", "expire"),
+            ("expired 17 more members", "expire_more"),
+        ];
+        for (line, name) in lines {
+            let event = event_for(line)
+                .unwrap_or_else(|| panic!("{line}"))
+                .into_line();
+            let value: serde_json::Value = serde_json::from_str(&event).unwrap();
+            assert_eq!(value["event"], name);
+            let documented = schema
+                .iter()
+                .find(|s| s.program == "conductor" && s.event == name)
+                .unwrap_or_else(|| panic!("{name} is not in docs/JSON.md"));
+            let keys: Vec<&str> = value
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(|k| k.as_str())
+                .collect();
+            let mut want: Vec<&str> = documented.fields.iter().map(|(k, _)| k.as_str()).collect();
+            want.sort();
+            assert_eq!(keys, want, "{line}");
+        }
+        assert!(event_for("serving on 0.0.0.0:9999: interval 30s").is_none());
+        assert!(event_for("join 0123456789ab not-an-address").is_none());
     }
 }

@@ -42,7 +42,8 @@ use storage::{Paths, Storage};
 pub struct MemberConfig {
     pub dir: PathBuf,
     pub listen: SocketAddr,
-    /// Most peer connections at once (each costs two threads and one part buffer).
+    /// Most connections we open, and most peers open to us (each costs two threads and one
+    /// part buffer).
     pub max_peers: usize,
     /// A peer that sends nothing, or no requested part, for this long is dropped.
     pub peer_timeout: Duration,

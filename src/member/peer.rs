@@ -20,7 +20,9 @@ use anyhow::{anyhow, bail, Result};
 use super::picker::Bitfield;
 use super::{Event, Shared};
 use crate::orch::Checksum;
-use crate::wire::{have_map_len, Hello, LineReader, PeerId, PeerMessage, WireError, MAX_PEX};
+use crate::wire::{
+    have_map_len, DeadlineReader, Hello, LineReader, PeerId, PeerMessage, WireError, MAX_PEX,
+};
 
 /// How long a new connection may take to say `HELLO`.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -200,11 +202,11 @@ pub fn listen(shared: Arc<Shared>, listener: TcpListener) -> Result<()> {
                     break;
                 }
                 let Ok(stream) = stream else { continue };
-                // Incoming peers may use a few more slots than we dial, so that members that
-                // are full of outgoing connections still accept newcomers.
-                let max = shared.config.max_peers + shared.config.max_peers / 2;
-                let Some(slot) = Slot::take(&shared.tracker.connections, max) else {
-                    log::debug!("refusing a connection: {max} connections already");
+                // Incoming and outgoing connections count apart, so that peers dialing us can
+                // never leave us without room to dial the peers we need.
+                let max = shared.config.max_peers;
+                let Some(slot) = Slot::take(&shared.tracker.incoming, max) else {
+                    log::debug!("refusing a connection: {max} incoming connections already");
                     continue;
                 };
                 let shared = Arc::clone(&shared);
@@ -223,7 +225,7 @@ pub fn listen(shared: Arc<Shared>, listener: TcpListener) -> Result<()> {
 
 /// Dials `addr` in a new thread, if a connection slot is free. Returns false when none is.
 pub fn dial(shared: &Arc<Shared>, addr: SocketAddr) -> bool {
-    let Some(slot) = Slot::take(&shared.tracker.connections, shared.config.max_peers) else {
+    let Some(slot) = Slot::take(&shared.tracker.outgoing, shared.config.max_peers) else {
         return false;
     };
     let shared = Arc::clone(shared);
@@ -254,19 +256,26 @@ fn run(
 ) -> Result<()> {
     let addr = stream.peer_addr()?;
     stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
     stream.set_write_timeout(Some(shared.config.peer_timeout))?;
     let ours = Hello {
         swarm: shared.swarm,
         peer_id: shared.peer_id,
         listen_port: shared.listen_port,
     };
-    let mut reader = LineReader::new(BufReader::with_capacity(256 << 10, stream.try_clone()?));
     let mut writer = &stream;
     if dialed.is_some() {
         writer.write_all(ours.to_line().as_bytes())?;
     }
-    let theirs = Hello::parse(reader.read_line()?)?;
+    // The HELLO must arrive whole within the handshake timeout, however slowly it trickles.
+    // It is read a byte at a time so that nothing after it is buffered away from the reader
+    // that takes over the connection.
+    let hello_deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    let mut hello = LineReader::new(BufReader::with_capacity(
+        1,
+        DeadlineReader::new(&stream, hello_deadline),
+    ));
+    let theirs = Hello::parse(hello.read_line()?)?;
+    let mut reader = LineReader::new(BufReader::with_capacity(256 << 10, stream.try_clone()?));
     if theirs.swarm != shared.swarm {
         let _ = writer.write_all(b"ERROR not in this swarm\n");
         bail!(

@@ -93,8 +93,19 @@ pub fn prepare(dir: &Path, orch: &Orchestra, progress: VerifyProgress) -> Result
         return open_complete(paths, orch, meta, progress);
     }
 
-    let have = if paths.partial.exists() {
+    let partial = std::fs::symlink_metadata(&paths.partial).ok();
+    if partial.as_ref().is_some_and(|meta| !meta.is_file()) {
+        bail!(
+            "{} exists and is not a regular file; not touching it (remove it or use --dir)",
+            paths.partial.display()
+        );
+    }
+    let resuming = partial.is_some();
+    let have = if let Some(meta) = partial {
         check_marker(&paths, swarm)?;
+        use std::os::unix::fs::MetadataExt;
+        let allocated = meta.blocks().saturating_mul(512);
+        warn_if_short_of_space(dir, orch.file_size.saturating_sub(allocated));
         let parts = hashing::verify_parts(&paths.partial, orch, progress)
             .with_context(|| format!("cannot check {}", paths.partial.display()))?;
         let mut have = Bitfield::new(orch.part_count());
@@ -109,11 +120,14 @@ pub fn prepare(dir: &Path, orch: &Orchestra, progress: VerifyProgress) -> Result
         write_marker(&paths, swarm)?;
         Bitfield::new(orch.part_count())
     };
+    // O_NOFOLLOW, and a fresh download insists on a new file: a link or a file planted at the
+    // partial name between the checks above and this open is refused, not followed.
+    use std::os::unix::fs::OpenOptionsExt;
     let file = OpenOptions::new()
         .read(true)
         .write(true)
-        .create(true)
-        .truncate(false)
+        .create_new(!resuming)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&paths.partial)
         .with_context(|| format!("cannot open {}", paths.partial.display()))?;
     size_up_front(&file, orch.file_size)
@@ -185,9 +199,23 @@ const MARKER_HEADER: &str = "torrentnchill partial download";
 fn write_marker(paths: &Paths, swarm: SwarmId) -> Result<()> {
     let text = format!("{MARKER_HEADER}\nswarm {swarm}\n");
     let tmp = paths.marker.with_extension("swarm.tmp");
-    std::fs::write(&tmp, text)
-        .and_then(|()| std::fs::rename(&tmp, &paths.marker))
-        .with_context(|| format!("cannot write {}", paths.marker.display()))
+    let write = || -> io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        // A leftover from a crash, or a planted link: removed, never followed.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)?
+            .write_all(text.as_bytes())?;
+        std::fs::rename(&tmp, &paths.marker)
+    };
+    write().with_context(|| format!("cannot write {}", paths.marker.display()))
 }
 
 fn check_marker(paths: &Paths, swarm: SwarmId) -> Result<()> {
@@ -262,8 +290,9 @@ fn warn_if_short_of_space(dir: &Path, needed: u64) {
     if let Some(free) = free_space(dir) {
         if free < needed {
             log::warn!(
-                "{} has {free} bytes free, the file needs {needed}: the download will stop when \
-                 the disk is full",
+                "{} has {free} bytes free but the download needs {needed} more: reserving the \
+                 space will fail (or, where it cannot be reserved, the download will stop when \
+                 the disk is full)",
                 dir.display()
             );
         }

@@ -50,8 +50,10 @@ struct BookState {
 pub struct Book {
     state: Mutex<BookState>,
     changed: Condvar,
-    /// Live connections plus handshakes under way, to bound the threads peers can cause.
-    pub connections: Arc<AtomicUsize>,
+    /// Connections (and handshakes under way) that peers opened to us, and that we opened:
+    /// each bounded by `max_peers`, which bounds the threads peers can cause.
+    pub incoming: Arc<AtomicUsize>,
+    pub outgoing: Arc<AtomicUsize>,
 }
 
 impl Book {
@@ -59,13 +61,16 @@ impl Book {
         let mut state = self.state.lock().unwrap();
         let mut new = false;
         for addr in addrs {
-            if state.known.len() >= MAX_KNOWN_PEERS {
+            if addr.port() == 0 || state.known.contains_key(&addr) {
+                continue;
+            }
+            // A full book makes room by forgetting an address that failed; one full of
+            // addresses that may yet work keeps them.
+            if state.known.len() >= MAX_KNOWN_PEERS && !forget_a_failed_address(&mut state.known) {
                 break;
             }
-            if addr.port() != 0 && !state.known.contains_key(&addr) {
-                state.known.insert(addr, KnownPeer::default());
-                new = true;
-            }
+            state.known.insert(addr, KnownPeer::default());
+            new = true;
         }
         if new {
             self.changed.notify_all();
@@ -102,7 +107,8 @@ impl Book {
         self.changed.notify_all();
     }
 
-    /// Addresses worth dialing now, marked busy.
+    /// Addresses worth dialing now, marked busy: those that failed least first, so that new
+    /// addresses (from the conductor, say) do not wait behind many that keep failing.
     fn take_due(&self, connected: &HashSet<SocketAddr>, limit: usize) -> Vec<SocketAddr> {
         let mut state = self.state.lock().unwrap();
         let now = Instant::now();
@@ -112,29 +118,43 @@ impl Book {
             banned_addrs,
             ..
         } = &mut *state;
-        let mut due = Vec::new();
-        for (addr, peer) in known.iter_mut() {
-            if due.len() >= limit {
-                break;
+        let mut due: Vec<(u32, SocketAddr)> = known
+            .iter()
+            .filter(|(addr, peer)| {
+                !(peer.busy
+                    || peer.next_try.is_some_and(|t| t > now)
+                    || connected.contains(*addr)
+                    || ourselves.contains(*addr)
+                    || banned_addrs.contains(*addr))
+            })
+            .map(|(addr, peer)| (peer.failures, *addr))
+            .collect();
+        due.sort_unstable_by_key(|(failures, _)| *failures);
+        due.truncate(limit);
+        for (_, addr) in &due {
+            if let Some(peer) = known.get_mut(addr) {
+                peer.busy = true;
             }
-            if peer.busy
-                || peer.next_try.is_some_and(|t| t > now)
-                || connected.contains(addr)
-                || ourselves.contains(addr)
-                || banned_addrs.contains(addr)
-            {
-                continue;
-            }
-            peer.busy = true;
-            due.push(*addr);
         }
-        due
+        due.into_iter().map(|(_, addr)| addr).collect()
     }
 
     fn wait_for_news(&self, timeout: Duration) {
         let state = self.state.lock().unwrap();
         let _ = self.changed.wait_timeout(state, timeout).unwrap();
     }
+}
+
+/// Forgets the known address that failed most often and is not being dialed. Without this, a
+/// peer could fill the book with made-up addresses (`PEX`) and lock out the real members the
+/// conductor names later.
+fn forget_a_failed_address(known: &mut HashMap<SocketAddr, KnownPeer>) -> bool {
+    let worst = known
+        .iter()
+        .filter(|(_, peer)| !peer.busy && peer.failures > 0)
+        .max_by_key(|(_, peer)| peer.failures)
+        .map(|(addr, _)| *addr);
+    worst.is_some_and(|addr| known.remove(&addr).is_some())
 }
 
 /// Starts the announce loop and the connector.
@@ -175,10 +195,8 @@ fn announce_loop(shared: &Shared) {
             }
             Err(e) => {
                 let error = format!("{e:#}");
-                log::warn!(
-                    "conductor {}: {error}; retrying in {backoff:?}",
-                    shared.orch.conductor
-                );
+                // The error names the conductor already.
+                log::warn!("{error}; retrying in {backoff:?}");
                 shared.emit(Event::ConductorUnreachable {
                     error,
                     retry_in: backoff,
@@ -207,7 +225,7 @@ fn connect_loop(shared: &Arc<Shared>) {
                 .collect();
             let live = shared
                 .tracker
-                .connections
+                .outgoing
                 .load(std::sync::atomic::Ordering::Acquire);
             let room = shared.config.max_peers.saturating_sub(live);
             for addr in shared.tracker.take_due(&connected, room) {

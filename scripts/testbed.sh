@@ -1,0 +1,888 @@
+#!/usr/bin/env bash
+# Swarm testbed: emulates a network of hosts on one Linux machine and measures how close a swarm
+# gets to the theoretical minimum distribution time (issue 4).
+#
+#   scripts/testbed.sh --quick                 functional check: 1 seeder + 3 members, 8 MiB, 100 Mbit
+#   scripts/testbed.sh --all [--runs 3]        the six scenarios and the client-server baseline
+#   scripts/testbed.sh --s1 --s6 --baseline    some of them (--s1 ... --s6, --baseline)
+#   scripts/testbed.sh --help                  every option
+#
+# Every host is a network namespace (tnc-<runid>-hN) with one veth to a bridge that lives in a
+# namespace of its own (tnc-<runid>-br). Addresses are 10.77.0.0/24 inside those namespaces only:
+# nothing is routed anywhere, and the root namespace's network is never touched. Each host's
+# upload is a tc tbf on its veth (host side), its download a tbf on the bridge-side veth toward
+# it. The real binaries (target/release, copied first so a rebuild cannot change them mid-run)
+# run inside the namespaces through `ip netns exec`: the conductor on h0, the seeder on h1,
+# members on the others. Times come from the members' --json events, bytes from the interface
+# counters. Everything it created (namespaces, veths, processes, files) is removed on exit,
+# interrupt or timeout. It needs root, ip and tc (iproute2), python3 (3.8+, stdlib only) and,
+# for --s6 and --baseline, curl; where network namespaces are not allowed it says "skipped" and
+# exits 0.
+#
+# The orchestration is Python (stdlib only): many processes, their JSON event streams and the
+# statistics are far simpler and more robust there than in bash.
+set -u
+root=$(cd "$(dirname "$0")/.." && pwd)
+py=$(command -v python3 || true)
+if [[ -z $py ]]; then
+    echo "testbed: skipped: python3 is not installed" >&2
+    exit 0
+fi
+exec "$py" - "$root" "$@" <<'PYTHON'
+import argparse
+import json
+import os
+import random
+import resource
+import shutil
+import signal
+import statistics
+import subprocess as sp
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = sys.argv[1]
+MiB = 1 << 20
+NET = "10.77.0"            # private, and only inside our namespaces
+CONDUCTOR_PORT = 7000
+HTTP_PORT = 8000
+BR = "br0"
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+def mbit(x):
+    """Mbit/s to bytes/s."""
+    return x * 1e6 / 8
+
+
+class Fatal(Exception):
+    pass
+
+
+def run(argv, check=True, capture=False, timeout=30):
+    r = sp.run(argv, stdin=sp.DEVNULL, stdout=sp.PIPE if capture else sp.DEVNULL,
+               stderr=sp.PIPE, text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise Fatal(f"{' '.join(argv)}: {r.stderr.strip()}")
+    return r
+
+
+# --------------------------------------------------------------------------------------------
+# The emulated network
+# --------------------------------------------------------------------------------------------
+
+class Net:
+    """A bridge namespace and one namespace per host, each host with tbf-shaped up and down."""
+
+    def __init__(self, runid, links):
+        # links: list of (up_mbit, down_mbit), one per host; host 0 is the conductor.
+        self.runid = runid
+        self.links = links
+        self.br = f"tnc-{runid}-br"
+        self.created = []
+
+    def ns(self, i):
+        return f"tnc-{self.runid}-h{i}"
+
+    @staticmethod
+    def ip(i):
+        return f"{NET}.{i + 1}"
+
+    def _add_ns(self, name):
+        run(["ip", "netns", "add", name])
+        self.created.append(name)
+        run(["ip", "-n", name, "link", "set", "lo", "up"])
+        # No IPv6: no router solicitations or DAD in the counters.
+        for conf in ("all", "default"):
+            run(["ip", "netns", "exec", name, "sh", "-c",
+                 f"echo 1 > /proc/sys/net/ipv6/conf/{conf}/disable_ipv6"], check=False)
+
+    def up(self):
+        self._add_ns(self.br)
+        run(["ip", "-n", self.br, "link", "add", BR, "type", "bridge", "stp_state", "0",
+             "forward_delay", "0"])
+        run(["ip", "-n", self.br, "link", "set", BR, "up"])
+        for i, (upm, downm) in enumerate(self.links):
+            ns = self.ns(i)
+            self._add_ns(ns)
+            # The pair is created inside the host namespace, its peer moved straight into the
+            # bridge namespace: nothing ever appears in the root namespace.
+            run(["ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", f"h{i}",
+                 "netns", self.br])
+            run(["ip", "-n", ns, "addr", "add", f"{self.ip(i)}/24", "dev", "eth0"])
+            run(["ip", "-n", ns, "link", "set", "eth0", "up"])
+            run(["ip", "-n", self.br, "link", "set", f"h{i}", "master", BR])
+            run(["ip", "-n", self.br, "link", "set", f"h{i}", "up"])
+            self.shape(i, upm, downm)
+
+    @staticmethod
+    def tbf(rate_mbit):
+        rate = mbit(rate_mbit)
+        # Bucket: at least 64 KiB (a whole GSO segment passes without being split) and at least
+        # rate/250 s (a timer tick at HZ=250); queue: 80 ms worth of bytes at that rate.
+        burst = max(64 * 1024, int(rate / 250))
+        limit = max(int(rate * 0.080), 2 * burst)
+        return ["tbf", "rate", f"{rate_mbit}mbit", "burst", str(burst), "limit", str(limit)]
+
+    def shape(self, i, upm, downm):
+        run(["tc", "-n", self.ns(i), "qdisc", "replace", "dev", "eth0", "root"] + self.tbf(upm))
+        run(["tc", "-n", self.br, "qdisc", "replace", "dev", f"h{i}", "root"] + self.tbf(downm))
+
+    def counters(self, i):
+        """(tx, rx) bytes of host i's own interface, read inside its namespace."""
+        r = run(["ip", "netns", "exec", self.ns(i), "cat", "/sys/class/net/eth0/statistics/tx_bytes",
+                 "/sys/class/net/eth0/statistics/rx_bytes"], capture=True)
+        tx, rx = r.stdout.split()
+        return int(tx), int(rx)
+
+    def bridge_counters(self):
+        """{host: (tx, rx)} seen from the bridge side (host tx = port rx), in one call."""
+        r = run(["ip", "-n", self.br, "-s", "-j", "link", "show"], capture=True)
+        out = {}
+        for link in json.loads(r.stdout):
+            name = link.get("ifname", "")
+            if name.startswith("h") and name[1:].isdigit():
+                s = link["stats64"]
+                out[int(name[1:])] = (s["rx"]["bytes"], s["tx"]["bytes"])
+        return out
+
+    def down(self):
+        for name in reversed(self.created):
+            # Anything still running in our namespaces was started by us: kill it by pid.
+            r = run(["ip", "netns", "pids", name], check=False, capture=True)
+            for pid in (r.stdout or "").split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+            run(["ip", "netns", "del", name], check=False)
+        self.created = []
+
+
+# --------------------------------------------------------------------------------------------
+# Processes we start
+# --------------------------------------------------------------------------------------------
+
+STARTED = []   # every Proc, for cleanup
+
+
+class Proc:
+    """A process in a host namespace; its stdout JSON lines are time-stamped as they arrive."""
+
+    def __init__(self, net, host, name, argv, logdir, json_out=True):
+        self.name, self.host = name, host
+        self.events = []        # (seconds since start, dict)
+        self.lines = []
+        self.err_path = os.path.join(logdir, f"{name}.err")
+        self.out_path = os.path.join(logdir, f"{name}.out")
+        self.t0 = time.monotonic()
+        self.p = sp.Popen(["ip", "netns", "exec", net.ns(host)] + argv, stdin=sp.DEVNULL,
+                          stdout=sp.PIPE, stderr=open(self.err_path, "w"), text=True,
+                          start_new_session=True)
+        STARTED.append(self)
+        self.t_exit = None
+        self.json = json_out
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        with open(self.out_path, "w") as out:
+            for line in self.p.stdout:
+                t = time.monotonic() - self.t0
+                out.write(line)
+                self.lines.append((t, line))
+                if self.json:
+                    try:
+                        self.events.append((t, json.loads(line)))
+                    except ValueError:
+                        pass
+        self.t_exit = time.monotonic() - self.t0
+
+    def first(self, event):
+        for t, e in self.events:
+            if e.get("event") == event:
+                return t, e
+        return None, None
+
+    def last(self, event):
+        found = (None, None)
+        for t, e in self.events:
+            if e.get("event") == event:
+                found = (t, e)
+        return found
+
+    def alive(self):
+        return self.p.poll() is None
+
+    def signal(self, sig):
+        if self.p.poll() is None:
+            try:
+                os.kill(self.p.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def stop(self, timeout=5):
+        self.signal(signal.SIGTERM)
+        try:
+            self.p.wait(timeout)
+        except sp.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            self.p.wait(5)
+        self.reader.join(2)
+
+
+def stop_all():
+    for p in STARTED:
+        p.signal(signal.SIGTERM)
+    deadline = time.monotonic() + 3
+    for p in STARTED:
+        try:
+            p.p.wait(max(0.1, deadline - time.monotonic()))
+        except sp.TimeoutExpired:
+            p.signal(signal.SIGKILL)
+            try:
+                p.p.wait(2)
+            except sp.TimeoutExpired:
+                pass
+    STARTED.clear()
+
+
+def wait_for(pred, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.02)
+    raise Fatal(f"timed out waiting for {what}")
+
+
+class Sampler(threading.Thread):
+    """Samples every host's tx/rx from the bridge side; optional callback per sample."""
+
+    def __init__(self, net, period, on_sample=None):
+        super().__init__(daemon=True)
+        self.net, self.period, self.on_sample = net, period, on_sample
+        self.samples = []       # (monotonic time, {host: (tx, rx)})
+        self.stopped = threading.Event()
+
+    def run(self):
+        while not self.stopped.is_set():
+            try:
+                c = self.net.bridge_counters()
+            except Exception:
+                c = None
+            if c is not None:
+                t = time.monotonic()
+                self.samples.append((t, c))
+                if self.on_sample:
+                    self.on_sample(t, c)
+            self.stopped.wait(self.period)
+
+    def stop(self):
+        self.stopped.set()
+        self.join(3)
+
+    def between(self, host, t_from, t_to, which=0):
+        """Bytes host sent (which=0) or received (1) between two monotonic times."""
+        def at(t):
+            best = None
+            for ts, c in self.samples:
+                if ts <= t:
+                    best = c
+                else:
+                    break
+            if best is None and self.samples:
+                best = self.samples[0][1]
+            return best[host][which] if best else 0
+        return at(t_to) - at(t_from)
+
+
+# --------------------------------------------------------------------------------------------
+# Scenarios
+# --------------------------------------------------------------------------------------------
+
+def t_min(F, u_s, d_min, u_members):
+    """Kumar & Ross minimum distribution time; rates in bytes/s."""
+    N = len(u_members)
+    return max(F / u_s, F / d_min, N * F / (u_s + sum(u_members)))
+
+
+def spread(lo, hi, n):
+    return [round(lo + (hi - lo) * k / (n - 1), 1) for k in range(n)] if n > 1 else [hi]
+
+
+SCENARIOS = {
+    "quick": dict(title="quick: 1 seeder + 3 members, 100 Mbit", members=3, size=8,
+                  seed=(100, 100), up=[100] * 3, down=[100] * 3),
+    "s1": dict(title="1: 1 seeder + 7 members, 100/100 Mbit", members=7, size=128,
+               seed=(100, 100), up=[100] * 7, down=[100] * 7, target=1.25, copies=1.5),
+    "s2": dict(title="2: 1 seeder + 15 members, 50 up/100 down", members=15, size=128,
+               seed=(50, 100), up=[50] * 15, down=[100] * 15, target=1.3),
+    "s3": dict(title="3: heterogeneous, members up 20-100 Mbit", members=7, size=128,
+               seed=(100, 100), up=spread(20, 100, 7), down=[100] * 7, target=1.4),
+    "s4": dict(title="4: late joiners, 4 of 8 start 5 s later", members=8, size=128,
+               seed=(100, 100), up=[100] * 8, down=[100] * 8, late=4, late_delay=5.0),
+    "s5": dict(title="5: seeder quits after sending 1.2 F", members=7, size=128,
+               seed=(100, 100), up=[100] * 7, down=[100] * 7, seeder_quits=1.2),
+    "s6": dict(title="6: 1 seeder + 1 member at 1 Gbit vs curl", members=1, size=512,
+               seed=(1000, 1000), up=[1000], down=[1000], versus_http=True, target=1.1),
+    "baseline": dict(title="client-server: http.server + 7 curl, 100 Mbit", members=7,
+                     size=128, seed=(100, 100), up=[100] * 7, down=[100] * 7, http_only=True),
+}
+
+
+class Bench:
+    def __init__(self, args, work, bins):
+        self.args, self.work, self.bins = args, work, bins
+        self.files = {}     # size MiB -> (path, orch)
+        self.nets = []
+
+    def sample_file(self, size_mib, net):
+        if size_mib in self.files:
+            return self.files[size_mib]
+        d = os.path.join(self.work, f"orig{size_mib}")
+        os.makedirs(d)
+        path = os.path.join(d, "sample.bin")
+        with open("/dev/urandom", "rb") as src, open(path, "wb") as dst:
+            left = size_mib * MiB
+            while left:
+                chunk = src.read(min(left, 4 * MiB))
+                dst.write(chunk)
+                left -= len(chunk)
+        orch = os.path.join(d, "sample.bin.orch")
+        # composer needs no network; it runs in the conductor's namespace all the same.
+        r = run(["ip", "netns", "exec", net.ns(0), self.bins["composer"], path,
+                 f"{net.ip(0)}:{CONDUCTOR_PORT}", "-o", orch, "--json"]
+                + ([self.args.part_size] if self.args.part_size else []), capture=True,
+                timeout=300)
+        self.files[size_mib] = (path, orch)
+        return path, orch
+
+    def conductor(self, net, logdir):
+        c = Proc(net, 0, "conductor", [self.bins["conductor"], "--listen",
+                 f"{net.ip(0)}:{CONDUCTOR_PORT}", "--json", "--interval", self.args.interval],
+                 logdir)
+        wait_for(lambda: c.first("listening")[0] is not None or not c.alive(), 10, "conductor")
+        if not c.alive():
+            raise Fatal(f"conductor did not start: {open(c.err_path).read().strip()}")
+        return c
+
+    def seeder(self, net, orig, orch, logdir):
+        d = os.path.join(logdir, "h1")
+        os.makedirs(d)
+        shutil.copyfile(orig, os.path.join(d, "sample.bin"))
+        s = Proc(net, 1, "seeder", [self.bins["member"], orch, "--dir", d, "--listen",
+                 "0.0.0.0:0", "--json"], logdir)
+        wait_for(lambda: (s.first("complete")[0] is not None and s.first("conductor_ok")[0]
+                          is not None) or not s.alive(), 60, "the seeder to verify and announce")
+        if not s.alive():
+            raise Fatal(f"seeder failed: {open(s.err_path).read().strip()}")
+        return s
+
+    def member(self, net, host, orch, logdir):
+        d = os.path.join(logdir, f"h{host}")
+        os.makedirs(d, exist_ok=True)
+        argv = [self.bins["member"], orch, "--dir", d, "--listen", "0.0.0.0:0", "--json",
+                "--exit-when-done"] + self.args.member_arg
+        return Proc(net, host, f"m{host}", argv, logdir)
+
+    def curl(self, net, host, logdir):
+        d = os.path.join(logdir, f"h{host}")
+        os.makedirs(d, exist_ok=True)
+        argv = ["curl", "-sS", "--noproxy", "*", "-o", os.path.join(d, "sample.bin"), "-w",
+                "%{time_total}\n", f"http://{net.ip(1)}:{HTTP_PORT}/sample.bin"]
+        return Proc(net, host, f"curl{host}", argv, logdir, json_out=False)
+
+    def http_server(self, net, orig, logdir):
+        d = os.path.dirname(orig)
+        h = Proc(net, 1, "http", [sys.executable, "-m", "http.server", str(HTTP_PORT), "--bind",
+                 net.ip(1), "--directory", d], logdir, json_out=False)
+        def ready():
+            r = run(["ip", "netns", "exec", net.ns(1), "curl", "-s", "--noproxy", "*", "-o",
+                     "/dev/null", "-r", "0-0", f"http://{net.ip(1)}:{HTTP_PORT}/sample.bin"],
+                    check=False)
+            return r.returncode == 0
+        wait_for(lambda: ready() or not h.alive(), 15, "the http server")
+        if not h.alive():
+            raise Fatal(f"http.server did not start: {open(h.err_path).read().strip()}")
+        return h
+
+    # One run of one scenario on an existing network; returns a dict of results.
+    def run_once(self, key, sc, net, run_no):
+        args = self.args
+        logdir = os.path.join(self.work, f"{key}-run{run_no}")
+        os.makedirs(logdir)
+        orig, orch = self.sample_file(sc["size"], net)
+        F = sc["size"] * MiB
+        members = list(range(2, 2 + sc["members"]))
+        u_s, d_s = mbit(sc["seed"][0]), mbit(sc["seed"][1])
+        tmin = t_min(F, u_s, min(mbit(d) for d in sc["down"]), [mbit(u) for u in sc["up"]])
+        res = dict(scenario=key, run=run_no, F=F, N=len(members), t_min=tmin,
+                   load_before=os.getloadavg()[0])
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu0 = cpu_times()
+        base = {i: net.counters(i) for i in range(len(net.links))}
+        if sc.get("http_only"):
+            # Client-server: the server's uplink carries every copy.
+            tmin_cs = max(len(members) * F / u_s, F / min(mbit(d) for d in sc["down"]))
+            limit = self.args.run_limit or max(45.0, 3 * tmin_cs + 20)
+            res["t_client_server"] = tmin_cs
+        else:
+            limit = self.args.run_limit or max(45.0, 4 * tmin + 20)
+        STARTED.clear()
+        procs = []
+        try:
+            if sc.get("http_only"):
+                server = self.http_server(net, orig, logdir)
+                base = {i: net.counters(i) for i in range(len(net.links))}
+                t0 = time.monotonic()
+                procs = [(h, self.curl(net, h, logdir)) for h in members]
+                self._wait(procs, limit)
+                times = {h: p.t_exit for h, p in procs}
+                ok = {h: p.p.returncode == 0 for h, p in procs}
+                seed_payload = None
+                server.stop()
+            else:
+                cond = self.conductor(net, logdir)
+                seeder = self.seeder(net, orig, orch, logdir)
+                sampler = Sampler(net, 0.1 if sc.get("seeder_quits") else 0.25,
+                                  self._quitter(sc, seeder, F, res) if sc.get("seeder_quits")
+                                  else None)
+                sampler.start()
+                t0 = time.monotonic()
+                late = sc.get("late", 0)
+                early_hosts = members[:len(members) - late]
+                late_hosts = members[len(members) - late:]
+                procs = [(h, self.member(net, h, orch, logdir)) for h in early_hosts]
+                if late_hosts:
+                    time.sleep(sc["late_delay"])
+                    t_late = time.monotonic()
+                    procs += [(h, self.member(net, h, orch, logdir)) for h in late_hosts]
+                if args.ss_at:
+                    threading.Thread(target=self._ss_snapshot, daemon=True,
+                                     args=(net, logdir, t0 + args.ss_at)).start()
+                self._wait(procs, limit)
+                sampler.stop()
+                seeder.stop()
+                cond.stop()
+                ok = {}
+                times = {}
+                for h, p in procs:
+                    tc, _ = p.first("complete")
+                    ok[h] = p.p.returncode == 0 and tc is not None
+                    times[h] = tc
+                    if tc is None:
+                        # Where it stopped: parts, peers, and how long it had been stuck.
+                        prog = [(t, e) for t, e in p.events if e.get("event") == "progress"]
+                        if prog:
+                            t_last, e = prog[-1]
+                            since = next((t for t, x in prog
+                                          if x["parts_done"] == e["parts_done"]), t_last)
+                            res.setdefault("stuck", {})[f"h{h}"] = dict(
+                                parts_done=e["parts_done"], parts_total=e["parts_total"],
+                                peers=e["peers"], stuck_since_s=round(since, 1),
+                                at_s=round(t_last, 1))
+                _, summ = seeder.last("summary")
+                seed_payload = summ["bytes_up"] if summ else None
+                res["members_detail"] = {f"h{h}": member_detail(p) for h, p in procs}
+                if late_hosts:
+                    t_end = max(p.t0 + (times[h] or 0) for h, p in procs if h in late_hosts)
+                    late_rx = sum(sampler.between(h, t_late, t_end, 1) for h in late_hosts)
+                    seed_tx = sampler.between(1, t_late, t_end, 0)
+                    res["late"] = dict(
+                        hosts=late_hosts, rx=late_rx, seeder_tx_during=seed_tx,
+                        max_from_seeder=seed_tx / late_rx if late_rx else None,
+                        durations=[times[h] for h in late_hosts],
+                        early_slowest=max((times[h] or 0) for h in early_hosts))
+                res["timeline"] = timeline(sampler, t0, len(net.links))
+                # Redundant transfer: parts sent (payload) that no member kept.
+                down = sum(d.get("bytes_down", 0) for d in res["members_detail"].values())
+                sent = (seed_payload or 0) + sum(d.get("bytes_up", 0)
+                                                 for d in res["members_detail"].values())
+                res["redundant"] = (sent - down) / down if down else None
+                # Kept bytes per second over all members (from their progress events), to set
+                # against the bytes sent per second in res["timeline"].
+                secs = len(next(iter(res["timeline"].values()), []))
+                kept = [0.0] * (secs + 1)
+                for h, p in procs:
+                    prev = 0
+                    for t, e in p.events:
+                        if e.get("event") in ("progress", "summary"):
+                            s = min(secs, max(0, int(p.t0 - t0 + t)))
+                            kept[s] += e["bytes_down"] - prev
+                            prev = e["bytes_down"]
+                res["kept_mbit"] = [round(b * 8 / 1e6, 1) for b in kept]
+            # Verify every copy byte for byte.
+            for h, p in procs:
+                copy = os.path.join(logdir, f"h{h}", "sample.bin")
+                same = os.path.exists(copy) and run(["cmp", "-s", orig, copy], check=False,
+                                                    timeout=120).returncode == 0
+                if not same:
+                    ok[h] = False
+        finally:
+            stop_all()
+        end = {i: net.counters(i) for i in range(len(net.links))}
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu1 = cpu_times()
+        res["cpu_children_s"] = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
+        res["machine_busy"] = busy(cpu0, cpu1)
+        res["load_after"] = os.getloadavg()[0]
+        res["hosts"] = {f"h{i}": dict(tx=end[i][0] - base[i][0], rx=end[i][1] - base[i][1])
+                        for i in range(len(net.links))}
+        # Member times: from each one's own start; "slowest" from the common start.
+        done = [times[h] for h, _ in procs if ok[h] and times[h] is not None]
+        res["all_ok"] = all(ok.values()) and len(done) == len(procs)
+        res["failed"] = [f"h{h}" for h in ok if not ok[h]]
+        by_start = [procs[i][1].t0 - t0 + times[h] for i, (h, _) in enumerate(procs)
+                    if ok[h] and times[h] is not None]
+        res["slowest"] = max(by_start) if by_start else None
+        res["mean"] = statistics.mean(done) if done else None
+        res["ratio"] = res["slowest"] / tmin if res["slowest"] else None
+        res["seeder_copies_wire"] = res["hosts"]["h1"]["tx"] / F
+        res["seeder_copies"] = seed_payload / F if seed_payload is not None else None
+        upl = sum(res["hosts"][f"h{h}"]["tx"] for h in members)
+        cap = sum(mbit(u) for u in sc["up"]) * (res["slowest"] or 1)
+        res["member_upload_use"] = upl / cap
+        # Free the disk: copies are checked.
+        for h in members:
+            shutil.rmtree(os.path.join(logdir, f"h{h}"), ignore_errors=True)
+        shutil.rmtree(os.path.join(logdir, "h1"), ignore_errors=True)
+        return res
+
+    def _ss_snapshot(self, net, logdir, at):
+        """`ss -tin` in every host at one moment: per-connection RTT, queues, bytes."""
+        time.sleep(max(0.0, at - time.monotonic()))
+        for i in range(len(net.links)):
+            r = run(["ip", "netns", "exec", net.ns(i), "ss", "-tin"], check=False, capture=True)
+            with open(os.path.join(logdir, f"ss-h{i}.txt"), "w") as f:
+                f.write(r.stdout or "")
+
+    def _quitter(self, sc, seeder, F, res):
+        base = {}
+        def on_sample(t, c):
+            if not base:
+                base["tx"] = c[1][0]
+                return
+            if "seeder_quit_at" not in res and c[1][0] - base["tx"] >= sc["seeder_quits"] * F:
+                res["seeder_quit_at"] = t - seeder.t0
+                seeder.signal(signal.SIGTERM)
+        return on_sample
+
+    def _wait(self, procs, limit):
+        deadline = time.monotonic() + limit
+        while any(p.alive() for _, p in procs):
+            if time.monotonic() > deadline:
+                for _, p in procs:
+                    p.signal(signal.SIGKILL)
+                log(f"   run timed out after {limit:.0f} s")
+                break
+            time.sleep(0.05)
+        for _, p in procs:
+            try:
+                p.p.wait(5)
+            except sp.TimeoutExpired:
+                pass
+            p.reader.join(2)
+
+    def scenario(self, key, runs):
+        sc = SCENARIOS[key]
+        links = [(100, 100), sc["seed"]] + list(zip(sc["up"], sc["down"]))
+        net = Net(self.args.runid, links)
+        self.nets.append(net)
+        log(f"== {sc['title']} ({sc['size']} MiB, {runs} run{'s' * (runs > 1)})")
+        results = []
+        try:
+            net.up()
+            for r in range(1, runs + 1):
+                if sc.get("versus_http"):
+                    swarm = self.run_once(key, sc, net, r)
+                    http = self.run_once(key + "-http", dict(sc, http_only=True), net, r)
+                    swarm["http_time"] = http["slowest"]
+                    swarm["http_ok"] = http["all_ok"]
+                    swarm["wall_member"] = max(
+                        d["exit_s"] for d in swarm["members_detail"].values()
+                        if d["exit_s"] is not None) if swarm["all_ok"] else None
+                    swarm["vs_http"] = (swarm["wall_member"] / http["slowest"]
+                                        if swarm["wall_member"] and http["slowest"] else None)
+                    res = swarm
+                else:
+                    res = self.run_once(key, sc, net, r)
+                results.append(res)
+                log("   " + one_line(res))
+        finally:
+            net.down()
+            self.nets.remove(net)
+        return results
+
+
+def member_detail(p):
+    tc, _ = p.first("complete")
+    _, summ = p.last("summary")
+    conns = [t for t, e in p.events if e.get("event") == "peer_connected"]
+    peers = [(t, e.get("peers", 0)) for t, e in p.events if e.get("event") == "progress"]
+    first_part = next((t for t, e in p.events
+                       if e.get("event") == "progress" and e.get("parts_done", 0) > 0), None)
+    d = dict(complete_s=tc, exit_s=p.t_exit, first_connect_s=conns[0] if conns else None,
+             connects=len(conns), max_peers=max((n for _, n in peers), default=0),
+             peers_by_1s=max((n for t, n in peers if t <= 1.0), default=0),
+             first_progress_with_part_s=first_part)
+    if summ:
+        d.update(bytes_down=summ["bytes_down"], bytes_up=summ["bytes_up"],
+                 download_seconds=summ["download_seconds"], peers_used=summ["peers_used"])
+    return d
+
+
+def timeline(sampler, t0, hosts):
+    """Per-host send rate (Mbit/s) per second from the start, from the bridge counters."""
+    if not sampler.samples:
+        return {}
+    out = {}
+    end = sampler.samples[-1][0]
+    secs = int(end - t0) + 1
+    for h in range(hosts):
+        out[f"h{h}"] = [round(sampler.between(h, t0 + s, t0 + s + 1, 0) * 8 / 1e6, 1)
+                        for s in range(secs)]
+    return out
+
+
+def cpu_times():
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return v
+
+
+def busy(a, b):
+    d = [y - x for x, y in zip(a, b)]
+    total = sum(d)
+    idle = d[3] + d[4]
+    return round(1 - idle / total, 3) if total else None
+
+
+def fmt(x, spec=".2f"):
+    return "-" if x is None else format(x, spec)
+
+
+def one_line(r):
+    s = (f"{'ok' if r['all_ok'] else 'FAILED ' + ','.join(r['failed'])}: slowest "
+         f"{fmt(r['slowest'])} s, mean {fmt(r['mean'])} s, T_min {r['t_min']:.2f} s, ratio "
+         f"{fmt(r['ratio'])}, seeder sent {fmt(r['seeder_copies'])} F "
+         f"({r['seeder_copies_wire']:.2f} F on the wire), members' upload use "
+         f"{r['member_upload_use']:.0%}, cpu busy {fmt(r['machine_busy'], '.0%')}, "
+         f"load {r['load_before']:.1f}")
+    if "vs_http" in r:
+        s += f"; member exit {fmt(r['wall_member'])} s vs curl {fmt(r['http_time'])} s = {fmt(r['vs_http'])}x"
+    if "late" in r:
+        L = r["late"]
+        s += (f"; late members took {', '.join(fmt(x, '.1f') for x in L['durations'])} s, "
+              f"seeder sent at most {fmt(L['max_from_seeder'], '.0%')} of their bytes")
+    if r.get("stuck"):
+        s += "; stuck: " + ", ".join(
+            f"{h} at {v['parts_done']}/{v['parts_total']} parts with {v['peers']} peer(s) "
+            f"since {v['stuck_since_s']} s" for h, v in r["stuck"].items())
+    if "seeder_quit_at" in r:
+        s += f"; seeder quit at {r['seeder_quit_at']:.1f} s"
+    if r.get("redundant") is not None:
+        s += f"; redundant payload sent {r['redundant']:.0%} of what members kept"
+    return s
+
+
+def med(rs, key):
+    """Median over the runs in which every member completed."""
+    v = [r[key] for r in rs if r.get("all_ok") and r.get(key) is not None]
+    return statistics.median(v) if v else None
+
+
+def verdict(key, rs):
+    sc = SCENARIOS[key]
+    failed = sum(1 for r in rs if not r["all_ok"])
+    why, good = [], failed == 0
+    if failed:
+        why.append(f"{failed} of {len(rs)} runs: a member did not complete")
+    if key == "s6":
+        v = med(rs, "vs_http")
+        good = good and v is not None and v <= sc["target"]
+        why.append(f"{fmt(v)} × curl (target ≤ {sc['target']})")
+    elif "target" in sc:
+        ratio = med(rs, "ratio")
+        good = good and ratio is not None and ratio <= sc["target"]
+        why.append(f"{fmt(ratio)} × T_min (target ≤ {sc['target']})")
+        if "copies" in sc:
+            c = med(rs, "seeder_copies")
+            good = good and c is not None and c <= sc["copies"]
+            why.append(f"seeder {fmt(c)} F (target ≤ {sc['copies']})")
+    elif not failed:
+        why.append("all complete")
+    return good, "; ".join(why)
+
+
+def summary_table(all_results, runs_cmd):
+    log("\n| scenario | runs complete | T_min s | slowest s (median) | mean s | slowest / T_min | "
+        "seeder sent (F) | target | met |")
+    log("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for key, rs in all_results.items():
+        sc = SCENARIOS[key]
+        good, why = verdict(key, rs)
+        extra = ""
+        if key == "s6":
+            extra = f" (curl {fmt(med(rs, 'http_time'))} s)"
+        ok_runs = sum(1 for r in rs if r["all_ok"])
+        log(f"| {sc['title']} | {ok_runs}/{len(rs)} | {rs[0]['t_min']:.2f} | {fmt(med(rs, 'slowest'))}"
+            f"{extra} | {fmt(med(rs, 'mean'))} | {fmt(med(rs, 'ratio'))} | "
+            f"{fmt(med(rs, 'seeder_copies'))} | {why} | {'yes' if good else 'no'} |")
+
+
+# --------------------------------------------------------------------------------------------
+
+def main():
+    ap = argparse.ArgumentParser(prog="scripts/testbed.sh", description=(
+        "Swarm testbed: hosts as network namespaces on a bridge, links shaped with tc tbf; "
+        "runs the real binaries and compares with the theoretical minimum time."))
+    ap.add_argument("root")
+    ap.add_argument("--quick", action="store_true",
+                    help="functional check: 1 seeder + 3 members, 8 MiB, 100 Mbit; exit 1 unless "
+                         "every member completes with an identical copy")
+    for k in ("s1", "s2", "s3", "s4", "s5", "s6", "baseline"):
+        ap.add_argument(f"--{k}", action="store_true", help=SCENARIOS[k]["title"])
+    ap.add_argument("--all", action="store_true", help="s1 to s6 and the baseline")
+    ap.add_argument("--runs", type=int, default=3, help="runs per scenario (default 3)")
+    ap.add_argument("--size", type=int, help="file size in MiB for every scenario "
+                    "(default: 128, 512 for s6, 8 for --quick)")
+    ap.add_argument("--bin", help="folder with composer, conductor and member "
+                    "(default: target/release, built with cargo if missing)")
+    ap.add_argument("--interval", default="30s", help="conductor --interval (default 30s)")
+    ap.add_argument("--part-size", help="composer PART_SIZE (default: composer's choice)")
+    ap.add_argument("--member-arg", action="append", default=[],
+                    help="extra member argument, e.g. --member-arg=--pipeline=8 (repeatable)")
+    ap.add_argument("--timeout", type=float, default=2400, help="global limit in seconds "
+                    "(default 2400; 180 with --quick)")
+    ap.add_argument("--run-limit", type=float, help="seconds one run may take before its members "
+                    "are killed and it counts as failed (default: 4 x T_min + 20, at least 45)")
+    ap.add_argument("--ss-at", type=float, metavar="SECONDS", help="diagnostics: save `ss -tin` "
+                    "of every host this many seconds into each run (in the work folder)")
+    ap.add_argument("--json-out", help="write every run's results to this JSON file")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder (logs, events)")
+    ap.add_argument("--cleanup", metavar="RUNID",
+                    help="only remove the namespaces tnc-RUNID-* left by a killed run")
+    args = ap.parse_args()
+
+    if os.geteuid() != 0:
+        log("testbed: skipped: needs root (network namespaces and tc)")
+        return 0
+    for tool in ("ip", "tc"):
+        if not shutil.which(tool):
+            log(f"testbed: skipped: `{tool}` is not installed (iproute2)")
+            return 0
+    if args.cleanup:
+        names = run(["ip", "netns", "list"], capture=True).stdout.split("\n")
+        for n in [l.split()[0] for l in names if l.startswith(f"tnc-{args.cleanup}-")]:
+            for pid in run(["ip", "netns", "pids", n], check=False, capture=True).stdout.split():
+                os.kill(int(pid), signal.SIGKILL)
+            run(["ip", "netns", "del", n], check=False)
+            log(f"removed {n}")
+        return 0
+
+    keys = [k for k in ("s1", "s2", "s3", "s4", "s5", "s6", "baseline")
+            if getattr(args, k) or args.all]
+    if args.quick:
+        keys = ["quick"] + keys
+        if len(keys) == 1:
+            args.runs = 1
+            if args.timeout == 2400:
+                args.timeout = 180
+    if not keys:
+        ap.print_usage()
+        log("choose --quick, --all or some of --s1 ... --s6, --baseline")
+        return 2
+    if args.size:
+        for k in keys:
+            SCENARIOS[k]["size"] = args.size
+    if any(k in ("s6", "baseline") for k in keys) and not shutil.which("curl"):
+        log("error: curl is needed for --s6 and --baseline (apt-get install -y curl)")
+        return 2
+
+    args.runid = "%06x" % random.getrandbits(24)
+    # Namespaces allowed here?
+    probe = f"tnc-{args.runid}-probe"
+    r = run(["ip", "netns", "add", probe], check=False)
+    if r.returncode != 0:
+        log(f"testbed: skipped: cannot create a network namespace ({r.stderr.strip()})")
+        return 0
+    run(["ip", "netns", "del", probe], check=False)
+
+    work = tempfile.mkdtemp(prefix="tnc-testbed.")
+    bench = Bench(args, work, {})
+    state = {"cleaned": False}
+
+    def cleanup():
+        if state["cleaned"]:
+            return
+        state["cleaned"] = True
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM):
+            signal.signal(s, signal.SIG_IGN)
+        stop_all()
+        for net in list(bench.nets):
+            net.down()
+        if args.keep:
+            log(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def on_signal(sig, _frame):
+        raise KeyboardInterrupt(f"signal {sig}")
+
+    def on_alarm(_sig, _frame):
+        raise Fatal(f"global timeout of {args.timeout:.0f} s")
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(max(1, int(args.timeout)))
+    code = 0
+    try:
+        src = args.bin or os.path.join(args.root, "target", "release")
+        if not args.bin and not all(os.path.exists(os.path.join(src, b))
+                                    for b in ("composer", "conductor", "member")):
+            log("building release binaries...")
+            run(["cargo", "build", "--release", "--quiet", "--manifest-path",
+                 os.path.join(args.root, "Cargo.toml")], timeout=1200)
+        os.makedirs(os.path.join(work, "bin"))
+        for b in ("composer", "conductor", "member"):
+            dst = os.path.join(work, "bin", b)
+            shutil.copy2(os.path.join(src, b), dst)
+            bench.bins[b] = dst
+        log(f"testbed {args.runid}: namespaces tnc-{args.runid}-*, network {NET}.0/24 inside them "
+            f"only; work folder {work}; load {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpus")
+        results = {}
+        for k in keys:
+            runs = 1 if k == "quick" else args.runs
+            results[k] = bench.scenario(k, runs)
+            if args.json_out:
+                with open(args.json_out, "w") as f:
+                    json.dump(results, f, indent=1)
+        summary_table(results, sys.argv)
+        for k, rs in results.items():
+            if not all(r["all_ok"] for r in rs):
+                code = 1
+        if args.quick and code == 0:
+            log("quick: every member completed and its copy is identical to the original")
+        log(f"load average now {os.getloadavg()[0]:.2f}")
+    except KeyboardInterrupt as e:
+        log(f"interrupted ({e}); cleaning up")
+        code = 130
+    except Fatal as e:
+        log(f"error: {e}")
+        code = 1
+    finally:
+        signal.alarm(0)
+        cleanup()
+    return code
+
+
+sys.exit(main())
+PYTHON
