@@ -89,7 +89,7 @@ const FD_MARGIN: usize = 64;
 /// A connection competes for its place with newcomers from addresses holding as many
 /// connections as its own only once it has waited this long for a line: honest clients send
 /// their request as soon as they connect, so by then it is stalled, slow or idle.
-const EVICTABLE_AFTER: Duration = Duration::from_secs(1);
+const EVICTABLE_AFTER: Duration = Duration::from_secs(2);
 /// Read buffer of a client connection: requests are short lines.
 const CLIENT_READ_BUFFER: usize = 2048;
 /// How long, and how many bytes, we read and discard before closing on a protocol error, so
@@ -535,6 +535,8 @@ struct Connections {
     hard_cap: usize,
     /// Connections whose threads have finished serving, for the acceptor to join.
     ended: Vec<u64>,
+    /// No waiting connection is stale before this (see [`Connections::evict`]).
+    no_stale_before: Instant,
 }
 
 impl Connections {
@@ -549,6 +551,7 @@ impl Connections {
             max_per_source: config.max_clients_per_ip,
             hard_cap: hard_cap(config.max_clients),
             ended: Vec::new(),
+            no_stale_before: origin + EVICTABLE_AFTER,
         }
     }
 
@@ -559,15 +562,16 @@ impl Connections {
     /// Takes a new connection from `source`, or gives the stream back when there is no room.
     /// The boolean tells whether a waiting connection was closed to make room:
     /// - a source at its own cap replaces its own oldest connection among those that have waited
-    ///   at least [`EVICTABLE_AFTER`], and is turned away if none has;
+    ///   at least [`EVICTABLE_AFTER`] ("stale"), and is turned away if none has;
     /// - at the overall cap, a newcomer takes the place of a waiting connection, chosen first
-    ///   among stale ones (waiting at least `EVICTABLE_AFTER`) of sources holding more
-    ///   connections than the newcomer's, then among any stale ones, then among any of such
-    ///   heavier sources; within each, the heaviest source first, then the oldest.
+    ///   among stale ones of sources holding more than twice as many connections as the
+    ///   newcomer's, then among any stale ones, then among any of such heavier sources; within
+    ///   each, the heaviest source first, then the oldest connection.
     ///
     /// So a client from an address with few connections (an honest member) gets in, a flood of
-    /// idle connections only replaces its own stale ones, each at most once per
-    /// `EVICTABLE_AFTER`, and a connection about to send its request is cut last.
+    /// idle connections only replaces stale ones, each place at most once per
+    /// `EVICTABLE_AFTER`, and a connection about to send its request is cut last. Turning a
+    /// client away costs no scan of the table in the common cases.
     fn admit(
         &mut self,
         stream: TcpStream,
@@ -581,23 +585,30 @@ impl Connections {
         let at_source_cap = from_source >= self.max_per_source;
         let evicted = at_source_cap || self.live >= self.max;
         if evicted {
+            // No connection can be stale before this: skip the scan that would find none.
+            let stale_possible = now >= self.no_stale_before;
             // Waiting since this stamp or earlier: stale.
             let stale =
                 (now >= self.origin + EVICTABLE_AFTER).then(|| self.stamp(now - EVICTABLE_AFTER));
             let is_stale = |since: u64| stale.is_some_and(|stale| since <= stale);
+            let heavier = |count: usize| count > from_source.saturating_mul(2);
             let made_room = if at_source_cap {
-                self.evict(|c, since, _| (c.source == source && is_stale(since)).then_some(0))
+                stale_possible
+                    && self.evict(now, |c, since, _| {
+                        (c.source == source && is_stale(since)).then_some(0)
+                    })
             } else {
-                self.evict(|_, since, count| {
-                    let heavier = count > from_source;
-                    let tier = match (heavier, is_stale(since)) {
-                        (true, true) => 0,
-                        (false, true) => 1,
-                        (true, false) => 2,
-                        (false, false) => return None,
-                    };
-                    Some((tier, Reverse(count)))
-                })
+                let heavier_exists = self.per_source.values().any(|&count| heavier(count));
+                (stale_possible || heavier_exists)
+                    && self.evict(now, |_, since, count| {
+                        let tier = match (heavier(count), is_stale(since)) {
+                            (true, true) => 0,
+                            (false, true) => 1,
+                            (true, false) => 2,
+                            (false, false) => return None,
+                        };
+                        Some((tier, Reverse(count)))
+                    })
             };
             if !made_room {
                 return Err(stream);
@@ -620,9 +631,14 @@ impl Connections {
     /// for which `rank` (given the connection, since when it waits and how many connections
     /// its source holds) is not None, the lowest rank, and the longest waiting within it.
     /// False if none is eligible.
-    fn evict<K: Ord>(&mut self, rank: impl Fn(&Conn, u64, usize) -> Option<K>) -> bool {
+    fn evict<K: Ord>(
+        &mut self,
+        now: Instant,
+        rank: impl Fn(&Conn, u64, usize) -> Option<K>,
+    ) -> bool {
         // A failed swap means that connection just started work: look again, a few times.
         for _ in 0..4 {
+            let mut oldest_waiting = u64::MAX;
             let victim = self
                 .conns
                 .values()
@@ -631,12 +647,20 @@ impl Connections {
                     if since >= EVICTED {
                         return None;
                     }
+                    oldest_waiting = oldest_waiting.min(since);
                     let count = self.per_source.get(&c.source).copied().unwrap_or(0);
                     Some(((rank(c, since, count)?, since), c))
                 })
                 .min_by(|a, b| a.0.cmp(&b.0))
                 .map(|((_, since), c)| (since, Arc::clone(c)));
             let Some((since, conn)) = victim else {
+                // Waiting times only grow newer (a connection waits again from the present,
+                // newcomers start now), so none can be stale before the oldest one is.
+                self.no_stale_before = if oldest_waiting == u64::MAX {
+                    now
+                } else {
+                    self.origin + Duration::from_micros(oldest_waiting)
+                } + EVICTABLE_AFTER;
                 return false;
             };
             if conn
@@ -790,7 +814,10 @@ impl Conductor {
                     // accept finds one free, rather than leaving everyone in the backlog.
                     #[cfg(unix)]
                     if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
-                        && self.shared.connections().evict(|_, _, _| Some(()))
+                        && self
+                            .shared
+                            .connections()
+                            .evict(Instant::now(), |_, _, _| Some(()))
                     {
                         self.shared.evicted.fetch_add(1, Ordering::Relaxed);
                     }
@@ -1492,14 +1519,14 @@ mod tests {
         // Turned away while its own connections are fresh...
         assert!(t.admit(&mut table, abuser, 3).is_none());
         // ... it replaces its own oldest once that one has waited a while, never another's.
-        let (a3, was_evicted) = t.admit(&mut table, abuser, 1500).unwrap();
+        let (a3, was_evicted) = t.admit(&mut table, abuser, 2500).unwrap();
         assert!(was_evicted && evicted(&a1) && !evicted(&a2) && !evicted(&h1));
         assert_eq!((table.live, table.conns.len()), (3, 4));
         assert_eq!(table.per_source.get(&IpAddr::from(abuser)), Some(&2));
         // A connection answering a request is never taken: the stale a2 is busy, a3 is fresh.
         assert!(a2.begin_work());
-        assert!(t.admit(&mut table, abuser, 1600).is_none());
-        let (_a4, _) = t.admit(&mut table, abuser, 2600).unwrap();
+        assert!(t.admit(&mut table, abuser, 2600).is_none());
+        let (_a4, _) = t.admit(&mut table, abuser, 4600).unwrap();
         assert!(evicted(&a3) && !evicted(&a2));
         // Threads ending free their places; evicted ones were already counted out.
         for id in 0..table.next_id {
@@ -1519,14 +1546,14 @@ mod tests {
         let (a2, _) = t.admit(&mut table, abuser, 1).unwrap();
         let (a3, _) = t.admit(&mut table, abuser, 2).unwrap();
         let (h1, _) = t.admit(&mut table, honest, 100).unwrap();
-        // A newcomer from a lighter source takes the place of the heaviest source's oldest
+        // A newcomer from a source holding less than half as many takes the place of the heaviest source's oldest
         // waiting connection, even a fresh one.
         let (h2, was_evicted) = t.admit(&mut table, honest, 200).unwrap();
         assert!(was_evicted && evicted(&a1) && !evicted(&h1));
         // No source is heavier than the honest one now (2 each): turned away while everything
         // is fresh; later the stalest connection of all gives way.
         assert!(t.admit(&mut table, honest, 300).is_none());
-        let (h3, was_evicted) = t.admit(&mut table, honest, 1500).unwrap();
+        let (h3, was_evicted) = t.admit(&mut table, honest, 2500).unwrap();
         assert!(was_evicted && evicted(&a2) && !evicted(&a3) && !evicted(&h1));
         // Busy connections are never taken; stale ones of heavier sources go first.
         assert!(a3.begin_work() && h1.begin_work() && h2.begin_work());
