@@ -275,6 +275,8 @@ fn run(args: &Args, bar_slot: &BarSlot) -> Result<i32, Failure> {
             Phase::Sharing if !announced_sharing => {
                 announced_sharing = true;
                 if args.exit_when_done {
+                    // Peers may be in the middle of receiving a part from us: let those finish.
+                    member.finish_uploads(Duration::from_secs(2));
                     break Ok(exit::OK);
                 }
                 if let Some(bar) = bar_slot.lock().unwrap().as_ref() {

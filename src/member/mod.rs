@@ -24,7 +24,7 @@ pub mod tracker;
 use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -169,6 +169,8 @@ pub struct Shared {
     peers_used: Mutex<HashSet<PeerId>>,
     events: Mutex<Sender<Event>>,
     phase: AtomicU8,
+    /// Quitting soon: new requests are refused while uploads under way finish.
+    draining: AtomicBool,
     shutdown: Mutex<bool>,
     shutdown_signal: Condvar,
     fatal: Mutex<Option<(FailureKind, String)>>,
@@ -199,6 +201,10 @@ impl Shared {
         }
     }
 
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
     pub fn is_shutting_down(&self) -> bool {
         *self.shutdown.lock().unwrap()
     }
@@ -225,7 +231,7 @@ impl Shared {
         *self.shutdown.lock().unwrap() = true;
         self.shutdown_signal.notify_all();
         for link in self.peers.lock().unwrap().values() {
-            link.close();
+            link.close(self);
         }
     }
 
@@ -295,7 +301,7 @@ impl Shared {
     fn drop_complete_peers(&self) {
         for link in self.peers.lock().unwrap().values() {
             if link.peer_is_complete() {
-                link.close();
+                link.close(self);
             }
         }
     }
@@ -353,6 +359,7 @@ impl Member {
             } else {
                 Phase::Fetching as u8
             }),
+            draining: AtomicBool::new(false),
             shutdown: Mutex::new(false),
             shutdown_signal: Condvar::new(),
             fatal: Mutex::new(None),
@@ -449,6 +456,26 @@ impl Member {
             .unwrap()
             .as_ref()
             .map_or(FailureKind::Disk, |(k, _)| *k)
+    }
+
+    /// Before quitting: refuses new requests and waits up to `timeout` for the parts being sent
+    /// to finish, so that peers do not lose a part half-received.
+    pub fn finish_uploads(&self, timeout: Duration) {
+        self.shared.draining.store(true, Ordering::Release);
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let idle = self
+                .shared
+                .peers
+                .lock()
+                .unwrap()
+                .values()
+                .all(|l| l.uploads_idle());
+            if idle || self.shared.is_shutting_down() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Leaves the swarm: tells the conductor (waiting at most `timeout`) and closes every

@@ -28,12 +28,14 @@ use crate::wire::{
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most uploads a peer may have queued with us; more is a protocol violation.
 pub const MAX_QUEUED_UPLOADS: usize = 64;
+/// Unsent bytes the kernel may hold per connection (see [`limit_unsent`]).
+const UNSENT_LOW_WATER: usize = 128 << 10;
 /// How long a part a peer rejected is asked from others only.
 const REJECT_RETRY: Duration = Duration::from_secs(2);
 /// Smallest choice of parts the picker randomizes over.
 const MIN_PICK_WINDOW: u32 = 16;
 /// Bytes of requests kept in flight per peer when the pipeline depth is not set.
-const PIPELINE_BYTES: u64 = 8 << 20;
+const PIPELINE_BYTES: u64 = 4 << 20;
 
 /// What a connection's writer sends next.
 enum Outgoing {
@@ -44,7 +46,12 @@ enum Outgoing {
 #[derive(Default)]
 struct OutboxState {
     control: VecDeque<Outgoing>,
-    uploads: VecDeque<u32>,
+    /// Parts to send, each with whether the spreading policy counted it (see [`Spread`]).
+    ///
+    /// [`Spread`]: super::spread::Spread
+    uploads: VecDeque<(u32, bool)>,
+    /// A part is being sent right now.
+    sending: bool,
     /// `REJECT`s in `control`: answers to the peer's requests, bounded like queued uploads.
     rejects: usize,
     closed: bool,
@@ -64,12 +71,12 @@ impl Outbox {
         self.ready.notify_one();
     }
 
-    fn push_upload(&self, index: u32) -> bool {
+    fn push_upload(&self, index: u32, counted: bool) -> bool {
         let mut state = self.state.lock().unwrap();
         if state.uploads.len() >= MAX_QUEUED_UPLOADS {
             return false;
         }
-        state.uploads.push_back(index);
+        state.uploads.push_back((index, counted));
         self.ready.notify_one();
         true
     }
@@ -89,18 +96,40 @@ impl Outbox {
         true
     }
 
-    fn cancel_upload(&self, index: u32) {
-        self.state.lock().unwrap().uploads.retain(|&i| i != index);
+    /// Drops queued uploads of `index`; returns how many the spreading policy had counted.
+    fn cancel_upload(&self, index: u32) -> usize {
+        let mut state = self.state.lock().unwrap();
+        let before = state.uploads.iter().filter(|u| u.1).count();
+        state.uploads.retain(|&(i, _)| i != index);
+        before - state.uploads.iter().filter(|u| u.1).count()
     }
 
-    fn close(&self) {
-        self.state.lock().unwrap().closed = true;
+    /// Closes the queue and returns the counted uploads that will never be sent.
+    fn close(&self) -> Vec<u32> {
+        let mut state = self.state.lock().unwrap();
+        state.closed = true;
         self.ready.notify_all();
+        state
+            .uploads
+            .drain(..)
+            .filter_map(|(index, counted)| counted.then_some(index))
+            .collect()
+    }
+
+    fn upload_done(&self) {
+        self.state.lock().unwrap().sending = false;
+        self.ready.notify_all();
+    }
+
+    /// True when no part is queued or being sent.
+    fn uploads_idle(&self) -> bool {
+        let state = self.state.lock().unwrap();
+        state.uploads.is_empty() && !state.sending
     }
 
     /// The next item, control first; `None` after `idle` without one (time for a `PING`) or
     /// when closed (`Err`).
-    fn next(&self, idle: Duration) -> Result<Option<Result<Outgoing, u32>>, ()> {
+    fn next(&self, idle: Duration) -> Result<Option<Result<Outgoing, (u32, bool)>>, ()> {
         let mut state = self.state.lock().unwrap();
         let deadline = Instant::now() + idle;
         loop {
@@ -113,8 +142,9 @@ impl Outbox {
                 }
                 return Ok(Some(Ok(item)));
             }
-            if let Some(index) = state.uploads.pop_front() {
-                return Ok(Some(Err(index)));
+            if let Some(upload) = state.uploads.pop_front() {
+                state.sending = true;
+                return Ok(Some(Err(upload)));
             }
             let now = Instant::now();
             if now >= deadline {
@@ -158,9 +188,16 @@ pub struct PeerLink {
 }
 
 impl PeerLink {
-    pub fn close(&self) {
-        self.outbox.close();
+    pub fn close(&self, shared: &Shared) {
+        for index in self.outbox.close() {
+            shared.spread.withdraw(index);
+        }
         let _ = self.stream.shutdown(Shutdown::Both);
+    }
+
+    /// True when this connection has no part queued or being sent.
+    pub fn uploads_idle(&self) -> bool {
+        self.outbox.uploads_idle()
     }
 
     pub fn peer_is_complete(&self) -> bool {
@@ -256,6 +293,7 @@ fn run(
 ) -> Result<()> {
     let addr = stream.peer_addr()?;
     stream.set_nodelay(true)?;
+    limit_unsent(&stream);
     stream.set_write_timeout(Some(shared.config.peer_timeout))?;
     let ours = Hello {
         swarm: shared.swarm,
@@ -341,14 +379,14 @@ fn run(
                 if let Err(e) = write_loop(&shared, &link, stream) {
                     log::debug!("peer {}: writer: {e:#}", link.addr);
                 }
-                link.close();
+                link.close(&shared);
             })?
     };
 
     let mut conversation = Conversation::new(shared, &link);
     let result = conversation.run(&mut reader);
     conversation.end();
-    link.close();
+    link.close(shared);
     unregister(shared, &link);
     let _ = writer_thread.join();
     let reason = match &result {
@@ -374,7 +412,7 @@ fn register(shared: &Shared, link: &Arc<PeerLink>) -> Result<()> {
         if !keep_new {
             bail!("already connected to this peer");
         }
-        existing.close();
+        existing.close(shared);
     }
     peers.insert(link.peer_id, Arc::clone(link));
     Ok(())
@@ -483,7 +521,11 @@ impl<'a> Conversation<'a> {
                     }
                 }
                 PeerMessage::Request(index) => self.serve(index)?,
-                PeerMessage::Cancel(index) => self.link.outbox.cancel_upload(index),
+                PeerMessage::Cancel(index) => {
+                    for _ in 0..self.link.outbox.cancel_upload(index) {
+                        self.shared.spread.withdraw(index);
+                    }
+                }
                 PeerMessage::Reject(index) => {
                     let mut requests = self.link.requests.lock().unwrap();
                     if let Some(pos) = requests.out.iter().position(|&i| i == index) {
@@ -514,14 +556,18 @@ impl<'a> Conversation<'a> {
 
     fn serve(&mut self, index: u32) -> Result<()> {
         let have = self.shared.picker.lock().unwrap().have().get(index);
-        let spreading = self.shared.is_seeding() && !self.shared.spread.admit(index);
-        if !have || spreading {
+        let seeding = self.shared.is_seeding();
+        let refuse = self.shared.is_draining() || (seeding && !self.shared.spread.admit(index));
+        if !have || refuse {
             if !self.link.outbox.push_reject(index) {
                 return Err(
                     self.misbehaved(format!("more than {MAX_QUEUED_UPLOADS} requests queued"))
                 );
             }
-        } else if !self.link.outbox.push_upload(index) {
+        } else if !self.link.outbox.push_upload(index, seeding) {
+            if seeding {
+                self.shared.spread.withdraw(index);
+            }
             return Err(self.misbehaved(format!("more than {MAX_QUEUED_UPLOADS} requests queued")));
         }
         Ok(())
@@ -554,6 +600,10 @@ impl<'a> Conversation<'a> {
         *self.link.payload_deadline.lock().unwrap() = Some(deadline);
         let read = reader.read_payload(&mut self.buffer);
         *self.link.payload_deadline.lock().unwrap() = None;
+        if read.is_err() && expected {
+            // The request is over without the part: let it be asked again.
+            self.shared.picker.lock().unwrap().release(index);
+        }
         match read {
             Ok(()) => {}
             Err(_) if Instant::now() >= deadline => {
@@ -716,7 +766,7 @@ fn write_loop(shared: &Shared, link: &PeerLink, stream: TcpStream) -> Result<()>
         let overdue = *link.payload_deadline.lock().unwrap();
         if overdue.is_some_and(|deadline| Instant::now() >= deadline) {
             // The reader, stuck in that payload, sees the close and bans the peer.
-            link.close();
+            link.close(shared);
             return Ok(());
         }
         let item = match link.outbox.next(ping_every) {
@@ -739,13 +789,22 @@ fn write_loop(shared: &Shared, link: &PeerLink, stream: TcpStream) -> Result<()>
                 )?;
                 out.write_all(&map)?;
             }
-            Err(index) => {
+            Err((index, counted)) => {
                 let Some((offset, len)) = shared.orch.part_span(index) else {
                     continue;
                 };
-                out.write_all(PeerMessage::Piece { index, len }.to_line().as_bytes())?;
-                out.flush()?;
-                send_part(shared, &stream, offset, len)?;
+                let sent = out
+                    .write_all(PeerMessage::Piece { index, len }.to_line().as_bytes())
+                    .and_then(|()| out.flush())
+                    .map_err(anyhow::Error::from)
+                    .and_then(|()| send_part(shared, &stream, offset, len));
+                link.outbox.upload_done();
+                if let Err(e) = sent {
+                    if counted {
+                        shared.spread.withdraw(index);
+                    }
+                    return Err(e);
+                }
                 shared
                     .counters
                     .bytes_up
@@ -755,6 +814,24 @@ fn write_loop(shared: &Shared, link: &PeerLink, stream: TcpStream) -> Result<()>
         if link.outbox.is_empty() {
             out.flush()?;
         }
+    }
+}
+
+/// Keeps at most [`UNSENT_LOW_WATER`] bytes queued unsent in the kernel, so that a `REQUEST`
+/// or `HAVE` written after a part leaves soon, not after megabytes of queued uploads on a slow
+/// uplink. Best effort: without it the member still works, only with more latency.
+fn limit_unsent(stream: &TcpStream) {
+    use std::os::unix::io::AsRawFd;
+    let value = UNSENT_LOW_WATER as libc::c_int;
+    // SAFETY: setsockopt on an open socket with a pointer to a c_int of the size given.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
     }
 }
 

@@ -203,11 +203,25 @@ impl Picker {
                 }
             }
         }
-        // Lowest (in flight, availability) wins, so a part already out is only chosen when
-        // every missing part this peer has is out somewhere: that is the endgame.
-        let (_, _, index) = best?;
+        // Lowest (in flight, availability) wins, so a part already out is only chosen when every
+        // missing part this peer has is out somewhere. A second request is the endgame, and
+        // only worth its cost once every missing part anyone has is out: before that, a slot
+        // left empty is better than bytes sent twice.
+        let (in_flight, _, index) = best?;
+        if in_flight > 0 && self.some_part_waits() {
+            return None;
+        }
         self.in_flight[index as usize] += 1;
         Some(index)
+    }
+
+    /// True when some part we lack is held by a connected peer and requested from nobody.
+    fn some_part_waits(&self) -> bool {
+        (self.first_missing..self.have.len()).any(|i| {
+            !self.have.get(i)
+                && self.in_flight[i as usize] == 0
+                && self.availability[i as usize] > 0
+        })
     }
 
     /// A request is over without the part (rejected, failed, or the peer went away).

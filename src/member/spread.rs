@@ -6,6 +6,8 @@
 //! carries duplicates. A complete member therefore refuses (`REJECT`) a part it has already
 //! served while some part has never left it; the asker picks another part and gets this one from
 //! the member that already has it. Once every part has gone out once, it serves everything.
+//! A part counts from the moment it is queued; one cancelled or lost with its connection is
+//! withdrawn, so a part that never reached anyone is not held back.
 
 use std::sync::Mutex;
 
@@ -43,6 +45,18 @@ impl Spread {
         counts.served[index as usize] = served.saturating_add(1);
         true
     }
+
+    /// An admitted part will not be sent after all (cancelled, or the connection ended).
+    pub fn withdraw(&self, index: u32) {
+        let mut counts = self.counts.lock().unwrap();
+        let Some(&served) = counts.served.get(index as usize) else {
+            return;
+        };
+        if served == 1 {
+            counts.never_served += 1;
+        }
+        counts.served[index as usize] = served.saturating_sub(1);
+    }
 }
 
 #[cfg(test)]
@@ -58,5 +72,15 @@ mod tests {
         assert!(spread.admit(2));
         assert!(spread.admit(1), "everything went out once: serve freely");
         assert!(!spread.admit(3), "out of range");
+    }
+
+    #[test]
+    fn a_withdrawn_part_counts_as_never_served() {
+        let spread = Spread::new(2);
+        assert!(spread.admit(0));
+        spread.withdraw(0);
+        assert!(spread.admit(1));
+        assert!(spread.admit(0), "0 never left: it is served again");
+        assert!(spread.admit(0), "every part went out once: serve freely");
     }
 }
