@@ -280,6 +280,21 @@ pub fn human_duration(duration: Duration) -> String {
     }
 }
 
+/// Reports a failure the way every program does: one line `error: ...` on stderr (the anyhow
+/// context chain on one line) and, with `--json`, an `error` event on stdout. Returns the exit
+/// code to end with.
+pub fn report_failure(json: bool, code: i32, error: &anyhow::Error) -> std::process::ExitCode {
+    let message = format!("{error:#}").replace('\n', " ");
+    if json {
+        crate::json::Event::new("error")
+            .str("message", &message)
+            .uint("exit_code", code as u64)
+            .print();
+    }
+    eprintln!("error: {message}");
+    std::process::ExitCode::from(code as u8)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -108,17 +108,7 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Failure(code, e)) => {
-            let message = format!("{e:#}").replace('\n', " ");
-            if args.json {
-                json::Event::new("error")
-                    .str("message", &message)
-                    .uint("exit_code", code as u64)
-                    .print();
-            }
-            eprintln!("error: {message}");
-            ExitCode::from(code as u8)
-        }
+        Err(Failure(code, e)) => cli::report_failure(args.json, code, &e),
     }
 }
 

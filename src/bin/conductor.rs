@@ -101,17 +101,7 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err((code, error)) => {
-            let message = format!("{error:#}").replace('\n', " ");
-            if args.json {
-                json::Event::new("error")
-                    .str("message", &message)
-                    .uint("exit_code", code as u64)
-                    .print();
-            }
-            eprintln!("error: {message}");
-            ExitCode::from(code as u8)
-        }
+        Err((code, error)) => cli::report_failure(args.json, code, &error),
     }
 }
 

@@ -108,17 +108,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// One line on stderr, `error: ...`, and with `--json` an `error` event on stdout.
 fn report_failure(json: bool, (code, error): Failure) -> ExitCode {
-    let message = format!("{error:#}").replace('\n', " ");
-    if json {
-        json::Event::new("error")
-            .str("message", &message)
-            .uint("exit_code", code as u64)
-            .print();
-    }
-    eprintln!("error: {message}");
-    ExitCode::from(code as u8)
+    cli::report_failure(json, code, &error)
 }
 
 fn orch_path(args: &Args) -> &Path {

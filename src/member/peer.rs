@@ -41,14 +41,27 @@ const PIPELINE_BYTES: u64 = 4 << 20;
 enum Outgoing {
     Line(PeerMessage),
     HaveMap(Vec<u8>),
+    /// A part, and whether the spreading policy counted it (see [`Spread`]).
+    ///
+    /// [`Spread`]: super::spread::Spread
+    Part {
+        index: u32,
+        counted: bool,
+    },
+}
+
+/// What the writer does next.
+enum Next {
+    Send(Outgoing),
+    /// Nothing to send for a while: time for a `PING`.
+    Idle,
+    Closed,
 }
 
 #[derive(Default)]
 struct OutboxState {
     control: VecDeque<Outgoing>,
-    /// Parts to send, each with whether the spreading policy counted it (see [`Spread`]).
-    ///
-    /// [`Spread`]: super::spread::Spread
+    /// Parts to send, each with whether the spreading policy counted it.
     uploads: VecDeque<(u32, bool)>,
     /// A part is being sent right now.
     sending: bool,
@@ -129,26 +142,26 @@ impl Outbox {
 
     /// The next item, control first; `None` after `idle` without one (time for a `PING`) or
     /// when closed (`Err`).
-    fn next(&self, idle: Duration) -> Result<Option<Result<Outgoing, (u32, bool)>>, ()> {
+    fn next(&self, idle: Duration) -> Next {
         let mut state = self.state.lock().unwrap();
         let deadline = Instant::now() + idle;
         loop {
             if state.closed {
-                return Err(());
+                return Next::Closed;
             }
             if let Some(item) = state.control.pop_front() {
                 if matches!(item, Outgoing::Line(PeerMessage::Reject(_))) {
                     state.rejects = state.rejects.saturating_sub(1);
                 }
-                return Ok(Some(Ok(item)));
+                return Next::Send(item);
             }
-            if let Some(upload) = state.uploads.pop_front() {
+            if let Some((index, counted)) = state.uploads.pop_front() {
                 state.sending = true;
-                return Ok(Some(Err(upload)));
+                return Next::Send(Outgoing::Part { index, counted });
             }
             let now = Instant::now();
             if now >= deadline {
-                return Ok(None);
+                return Next::Idle;
             }
             state = self.ready.wait_timeout(state, deadline - now).unwrap().0;
         }
@@ -770,17 +783,17 @@ fn write_loop(shared: &Shared, link: &PeerLink, stream: TcpStream) -> Result<()>
             return Ok(());
         }
         let item = match link.outbox.next(ping_every) {
-            Err(()) => return Ok(()),
-            Ok(None) => {
+            Next::Closed => return Ok(()),
+            Next::Idle => {
                 out.write_all(PeerMessage::Ping.to_line().as_bytes())?;
                 out.flush()?;
                 continue;
             }
-            Ok(Some(item)) => item,
+            Next::Send(item) => item,
         };
         match item {
-            Ok(Outgoing::Line(message)) => out.write_all(message.to_line().as_bytes())?,
-            Ok(Outgoing::HaveMap(map)) => {
+            Outgoing::Line(message) => out.write_all(message.to_line().as_bytes())?,
+            Outgoing::HaveMap(map) => {
                 debug_assert_eq!(map.len(), have_map_len(shared.orch.part_count()));
                 out.write_all(
                     PeerMessage::HaveMap { bytes: map.len() }
@@ -789,7 +802,7 @@ fn write_loop(shared: &Shared, link: &PeerLink, stream: TcpStream) -> Result<()>
                 )?;
                 out.write_all(&map)?;
             }
-            Err((index, counted)) => {
+            Outgoing::Part { index, counted } => {
                 let Some((offset, len)) = shared.orch.part_span(index) else {
                     continue;
                 };
