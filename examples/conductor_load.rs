@@ -39,7 +39,7 @@ use clap::Parser;
 use socket2::{Domain, Protocol, Socket, Type};
 use torrentnchill::conductor::{self, Conductor, ConductorConfig};
 use torrentnchill::orch::{Checksum, SwarmId};
-use torrentnchill::wire::PeerId;
+use torrentnchill::wire::{ConductorReply, ConductorRequest, LineReader, PeerId};
 
 /// Load and abuse test of the conductor; see the top of examples/conductor_load.rs.
 #[derive(Parser, Clone)]
@@ -66,9 +66,18 @@ struct Args {
     /// Half-open connections (half a request line, then nothing), from 127.0.2.1.
     #[arg(long, default_value_t = 500)]
     half_open: usize,
+    /// How often the holders of idle and half-open connections reopen those the conductor
+    /// closed (slowloris tools recreate dropped sockets every few seconds).
+    #[arg(long, default_value = "1s", value_parser = conductor::parse_duration)]
+    reopen_every: Duration,
     /// Threads sending 10 MB lines over and over, from 127.0.3.1.
     #[arg(long, default_value_t = 4)]
     long_lines: usize,
+    /// Pause of each of those threads between two lines. Each line moves megabytes through
+    /// loopback before the conductor's cut-off resets it, which costs this machine's CPU (shared
+    /// with the conductor here) far more than the conductor's.
+    #[arg(long, default_value = "100ms", value_parser = conductor::parse_duration)]
+    long_line_pause: Duration,
     /// Threads sending garbage over and over, from 127.0.4.1.
     #[arg(long, default_value_t = 2)]
     garbage: usize,
@@ -81,6 +90,9 @@ struct Args {
     /// Skip the abuse phase.
     #[arg(long)]
     no_abuse: bool,
+    /// Also print each phase's latencies second by second.
+    #[arg(long)]
+    per_second: bool,
     /// `--max-clients` of the conductor this tool starts.
     #[arg(long, default_value_t = conductor::DEFAULT_MAX_CLIENTS)]
     max_clients: usize,
@@ -117,10 +129,7 @@ const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(5);
 const HONEST_BASE_PORT: u16 = 20_000;
 /// How often the conductor's /proc/PID/status is read.
 const SAMPLE_PERIOD: Duration = Duration::from_millis(50);
-/// How often the holders of idle and half-open connections look for closed ones to reopen.
-const HOLD_POLL: Duration = Duration::from_millis(100);
-/// Pause between two 10 MB lines of one thread, and between two garbage connections.
-const LONG_LINE_PAUSE: Duration = Duration::from_millis(20);
+/// Pause between two garbage connections of one thread.
 const GARBAGE_PAUSE: Duration = Duration::from_millis(5);
 const TEN_MB: usize = 10 * 1024 * 1024;
 
@@ -302,6 +311,11 @@ fn run(args: Args) -> anyhow::Result<bool> {
                 .unwrap_or(f64::NAN),
         );
     }
+    if args.per_second {
+        for (result, _) in &phases {
+            result.print_per_second();
+        }
+    }
     for (result, _) in &phases {
         for e in &result.first_errors {
             println!("  {} failure: {e}", result.name);
@@ -355,7 +369,7 @@ struct Member {
 }
 
 struct Honest {
-    addr: String,
+    addr: SocketAddr,
     swarm: SwarmId,
     /// Member indices per worker.
     shards: Vec<Vec<Member>>,
@@ -365,6 +379,8 @@ struct Honest {
 struct PhaseResult {
     name: &'static str,
     latencies_us: Vec<u64>,
+    /// (second of the phase, latency) of every answered announce.
+    timeline: Vec<(u32, u64)>,
     failed: u64,
     /// Announces that started more than 10 ms after they were due (the tool fell behind).
     late: u64,
@@ -374,6 +390,28 @@ struct PhaseResult {
 }
 
 impl PhaseResult {
+    fn print_per_second(&self) {
+        println!(
+            "{} second by second (announces, p50 ms, p99 ms, max ms):",
+            self.name
+        );
+        let mut timeline = self.timeline.clone();
+        timeline.sort_unstable();
+        for chunk in timeline.chunk_by(|a, b| a.0 == b.0) {
+            let mut lat: Vec<u64> = chunk.iter().map(|&(_, l)| l).collect();
+            lat.sort_unstable();
+            let q = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0;
+            println!(
+                "  {:>3} s {:>6} {:>8.2} {:>8.2} {:>8.2}",
+                chunk[0].0,
+                lat.len(),
+                q(0.5),
+                q(0.99),
+                q(1.0)
+            );
+        }
+    }
+
     /// The latency at quantile `q` (0..=1), in milliseconds.
     fn percentile(&self, q: f64) -> f64 {
         if self.latencies_us.is_empty() {
@@ -387,6 +425,7 @@ impl PhaseResult {
 #[derive(Default)]
 struct WorkerResult {
     latencies_us: Vec<u64>,
+    timeline: Vec<(u32, u64)>,
     failed: u64,
     late: u64,
     errors: Vec<String>,
@@ -404,7 +443,7 @@ impl Honest {
             });
         }
         Honest {
-            addr: addr.to_string(),
+            addr,
             swarm,
             shards,
             members: args.members,
@@ -434,6 +473,7 @@ impl Honest {
         let mut result = PhaseResult {
             name: name.unwrap_or("warm-up"),
             latencies_us: Vec::new(),
+            timeline: Vec::new(),
             failed: 0,
             late: 0,
             first_errors: Vec::new(),
@@ -442,6 +482,7 @@ impl Honest {
         let mut seen = HashSet::new();
         for worker in results {
             result.latencies_us.extend(worker.latencies_us);
+            result.timeline.extend(worker.timeline);
             result.failed += worker.failed;
             result.late += worker.late;
             seen.extend(worker.seen);
@@ -489,15 +530,12 @@ impl Honest {
                     out.late += 1;
                 }
                 let sent = Instant::now();
-                match conductor::announce(
-                    &self.addr,
-                    self.swarm,
-                    member.id,
-                    member.port,
-                    ANNOUNCE_TIMEOUT,
-                ) {
-                    Ok((_, peers)) => {
-                        out.latencies_us.push(sent.elapsed().as_micros() as u64);
+                match honest_announce(self.addr, self.swarm, member.id, member.port) {
+                    Ok(peers) => {
+                        let latency = sent.elapsed().as_micros() as u64;
+                        out.latencies_us.push(latency);
+                        out.timeline
+                            .push(((sent - start).as_secs() as u32, latency));
                         if sent >= census_from {
                             out.seen.extend(
                                 peers
@@ -518,6 +556,38 @@ impl Honest {
             }
         }
         out
+    }
+}
+
+/// One announce, as `conductor::announce` does it (one connection, the request line, the reply
+/// read with the library's decoder, within [`ANNOUNCE_TIMEOUT`]), except that the connection
+/// is reset rather than closed at the end. A thousand members on one address announcing every
+/// second would otherwise leave 60,000 connections in TIME_WAIT, more than the ephemeral port
+/// range, and connecting would crawl: an artifact of running every member on one machine.
+fn honest_announce(
+    to: SocketAddr,
+    swarm: SwarmId,
+    peer_id: PeerId,
+    port: u16,
+) -> anyhow::Result<Vec<SocketAddr>> {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_linger(Some(Duration::ZERO))?;
+    socket.set_nodelay(true)?;
+    socket.connect_timeout(&to.into(), ANNOUNCE_TIMEOUT)?;
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(ANNOUNCE_TIMEOUT))?;
+    stream.set_write_timeout(Some(ANNOUNCE_TIMEOUT))?;
+    let request = ConductorRequest::Announce {
+        swarm,
+        peer_id,
+        port,
+    };
+    (&stream).write_all(request.to_line().as_bytes())?;
+    let mut reader = LineReader::new(BufReader::new(&stream));
+    match ConductorReply::read_from(&mut reader)? {
+        ConductorReply::Peers { peers, .. } => Ok(peers),
+        ConductorReply::Error(why) => bail!("conductor {to} refused the announce: {why}"),
+        other => bail!("conductor {to} answered an announce with {other:?}"),
     }
 }
 
@@ -586,9 +656,34 @@ fn proc_status(pid: u32, field: &str) -> Option<u64> {
 // ---------------------------------------------------------------------------------------------
 // The abusers
 
+/// Lets the kernel pick the local port at connect time, knowing the destination (Linux's
+/// IP_BIND_ADDRESS_NO_PORT). Otherwise binding to port 0 must find a port free for every
+/// destination, and after tens of thousands of connections from one address (the flood) the
+/// search crawls and holds kernel locks the conductor needs too.
+fn bind_port_at_connect(socket: &Socket) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt reads an int we own, on a socket we own.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = socket;
+}
+
 /// A TCP connection to `to` from the local address `from` (any of 127.0.0.0/8 is ours).
 fn connect_from(from: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
     let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    bind_port_at_connect(&socket);
     socket.bind(&SocketAddr::from((from, 0)).into())?;
     socket.connect_timeout(&to.into(), Duration::from_secs(2))?;
     Ok(socket.into())
@@ -634,6 +729,7 @@ impl Abuse {
         // Idle connections, over several addresses, and half-open ones: held open, reopened
         // when the conductor closes them.
         let sources = args.idle_sources.max(1);
+        let every = args.reopen_every.max(Duration::from_millis(10));
         for s in 0..sources {
             let count = args.idle / usize::from(sources)
                 + usize::from((s as usize) < args.idle % usize::from(sources));
@@ -650,6 +746,7 @@ impl Abuse {
                         true,
                         &stop,
                         deadline,
+                        every,
                     )
                 }),
             );
@@ -669,15 +766,17 @@ impl Abuse {
                         false,
                         &stop,
                         deadline,
+                        every,
                     )
                 }),
             );
         }
         for _ in 0..args.long_lines {
             let (stop, counters) = (Arc::clone(&stop), Arc::clone(&counters));
+            let pause = args.long_line_pause;
             spawn(
                 &mut threads,
-                Box::new(move || long_lines(addr, &counters, &stop, deadline)),
+                Box::new(move || long_lines(addr, &counters, &stop, deadline, pause)),
             );
         }
         for seed in 0..args.garbage {
@@ -731,9 +830,10 @@ impl AbuseReport {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         println!(
-            "idle (slowloris): {} held from {} addresses; {} opened in all, {} closed by the conductor",
+            "idle (slowloris): {} held from {} addresses, closed ones reopened every {:?}; {} opened in all, {} closed by the conductor",
             args.idle,
             args.idle_sources,
+            args.reopen_every,
             get(&c.idle_opened),
             get(&c.idle_closed)
         );
@@ -781,6 +881,7 @@ fn hold(
     idle: bool,
     stop: &AtomicBool,
     deadline: Instant,
+    every: Duration,
 ) {
     let (opened, closed) = if idle {
         (&counters.idle_opened, &counters.idle_closed)
@@ -808,7 +909,7 @@ fn hold(
     let polls = deadline
         .saturating_duration_since(Instant::now())
         .as_millis()
-        / HOLD_POLL.as_millis()
+        / every.as_millis()
         + 1;
     for _ in 0..polls {
         if stop.load(Ordering::Relaxed) || Instant::now() >= deadline {
@@ -830,12 +931,22 @@ fn hold(
                 *slot = open();
             }
         }
-        thread::sleep(HOLD_POLL);
+        // In small steps, so that the end of the phase stops it at once.
+        let until = Instant::now() + every;
+        while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+            thread::sleep(Duration::from_millis(10).min(every));
+        }
     }
 }
 
 /// Sends 10 MB lines, one connection each, until the deadline.
-fn long_lines(to: SocketAddr, counters: &Counters, stop: &AtomicBool, deadline: Instant) {
+fn long_lines(
+    to: SocketAddr,
+    counters: &Counters,
+    stop: &AtomicBool,
+    deadline: Instant,
+    pause: Duration,
+) {
     let chunk = vec![b'A'; 64 * 1024];
     for _ in 0..100_000 {
         if stop.load(Ordering::Relaxed) || Instant::now() >= deadline {
@@ -843,7 +954,7 @@ fn long_lines(to: SocketAddr, counters: &Counters, stop: &AtomicBool, deadline: 
         }
         let Ok(mut stream) = connect_from(Ipv4Addr::new(127, 0, 3, 1), to) else {
             counters.connect_failures.fetch_add(1, Ordering::Relaxed);
-            thread::sleep(LONG_LINE_PAUSE);
+            thread::sleep(pause);
             continue;
         };
         let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
@@ -862,7 +973,7 @@ fn long_lines(to: SocketAddr, counters: &Counters, stop: &AtomicBool, deadline: 
                 .long_line_max_accepted
                 .fetch_max(written as u64, Ordering::Relaxed);
         }
-        thread::sleep(LONG_LINE_PAUSE);
+        thread::sleep(pause);
     }
 }
 
@@ -925,6 +1036,9 @@ fn flood(
         }
         let result = (|| -> std::io::Result<String> {
             let mut stream = connect_from(from, to)?;
+            // Reset rather than close: 10,000 connections in TIME_WAIT from one address would
+            // slow every later connect on this machine (an artifact of a one-machine test).
+            socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO))?;
             stream.set_read_timeout(Some(ANNOUNCE_TIMEOUT))?;
             writeln!(stream, "ANNOUNCE tnc/1 {swarm} {} {port}", PeerId::random())?;
             let mut line = String::new();

@@ -440,7 +440,9 @@ class Aria2(TorrentTool):
         return p, port
 
     def start_downloader(self, rundir, i, dldir):
-        return PROCS.start(["aria2c", *self.COMMON, "--seed-time=0",
+        # --bt-stop-timeout: a download stuck at 0 B/s for a minute fails instead of waiting out
+        # --timeout (aria2c 1.36 now and then stalls with 4 downloaders and 1 seeder).
+        return PROCS.start(["aria2c", *self.COMMON, "--seed-time=0", "--bt-stop-timeout=60",
                             f"--listen-port={free_port()}", f"--dir={dldir}", self.torrent],
                            stdout=f"{rundir}/dl{i}.log", stderr=f"{rundir}/dl{i}.err", measure=True)
 

@@ -43,7 +43,7 @@ import tempfile
 import threading
 import time
 
-ROOT = sys.argv[1]
+ROOT = sys.argv.pop(1)
 MiB = 1 << 20
 NET = "10.77.0"            # private, and only inside our namespaces
 CONDUCTOR_PORT = 7000
@@ -546,8 +546,10 @@ class Bench:
         res["seeder_copies_wire"] = res["hosts"]["h1"]["tx"] / F
         res["seeder_copies"] = seed_payload / F if seed_payload is not None else None
         upl = sum(res["hosts"][f"h{h}"]["tx"] for h in members)
-        cap = sum(mbit(u) for u in sc["up"]) * (res["slowest"] or 1)
-        res["member_upload_use"] = upl / cap
+        # Over the time to the last completion; undefined when a member never completed (the
+        # run's length is then the time limit, not a download time).
+        cap = sum(mbit(u) for u in sc["up"]) * (res["slowest"] or 0)
+        res["member_upload_use"] = upl / cap if cap else None
         # Free the disk: copies are checked.
         for h in members:
             shutil.rmtree(os.path.join(logdir, f"h{h}"), ignore_errors=True)
@@ -672,7 +674,7 @@ def one_line(r):
          f"{fmt(r['slowest'])} s, mean {fmt(r['mean'])} s, T_min {r['t_min']:.2f} s, ratio "
          f"{fmt(r['ratio'])}, seeder sent {fmt(r['seeder_copies'])} F "
          f"({r['seeder_copies_wire']:.2f} F on the wire), members' upload use "
-         f"{r['member_upload_use']:.0%}, cpu busy {fmt(r['machine_busy'], '.0%')}, "
+         f"{fmt(r['member_upload_use'], '.0%')}, cpu busy {fmt(r['machine_busy'], '.0%')}, "
          f"load {r['load_before']:.1f}")
     if "vs_http" in r:
         s += f"; member exit {fmt(r['wall_member'])} s vs curl {fmt(r['http_time'])} s = {fmt(r['vs_http'])}x"
@@ -686,6 +688,9 @@ def one_line(r):
             f"since {v['stuck_since_s']} s" for h, v in r["stuck"].items())
     if "seeder_quit_at" in r:
         s += f"; seeder quit at {r['seeder_quit_at']:.1f} s"
+    elif SCENARIOS.get(r["scenario"], {}).get("seeder_quits"):
+        s += (f"; seeder NEVER quit (it sent less than "
+              f"{SCENARIOS[r['scenario']]['seeder_quits']} F before the end: scenario not tested)")
     if r.get("redundant") is not None:
         s += f"; redundant payload sent {r['redundant']:.0%} of what members kept"
     return s
@@ -703,6 +708,13 @@ def verdict(key, rs):
     why, good = [], failed == 0
     if failed:
         why.append(f"{failed} of {len(rs)} runs: a member did not complete")
+    if sc.get("seeder_quits"):
+        # Without the seeder leaving, "all complete" says nothing about this scenario.
+        untested = sum(1 for r in rs if "seeder_quit_at" not in r)
+        if untested:
+            good = False
+            why.append(f"{untested} of {len(rs)} runs: the seeder never sent "
+                       f"{sc['seeder_quits']} F, so it never quit (not tested)")
     if key == "s6":
         v = med(rs, "vs_http")
         good = good and v is not None and v <= sc["target"]
@@ -742,7 +754,6 @@ def main():
     ap = argparse.ArgumentParser(prog="scripts/testbed.sh", description=(
         "Swarm testbed: hosts as network namespaces on a bridge, links shaped with tc tbf; "
         "runs the real binaries and compares with the theoretical minimum time."))
-    ap.add_argument("root")
     ap.add_argument("--quick", action="store_true",
                     help="functional check: 1 seeder + 3 members, 8 MiB, 100 Mbit; exit 1 unless "
                          "every member completes with an identical copy")
@@ -758,8 +769,8 @@ def main():
     ap.add_argument("--part-size", help="composer PART_SIZE (default: composer's choice)")
     ap.add_argument("--member-arg", action="append", default=[],
                     help="extra member argument, e.g. --member-arg=--pipeline=8 (repeatable)")
-    ap.add_argument("--timeout", type=float, default=2400, help="global limit in seconds "
-                    "(default 2400; 180 with --quick)")
+    ap.add_argument("--timeout", type=float, default=3600, help="global limit in seconds "
+                    "(default 3600; 180 with --quick)")
     ap.add_argument("--run-limit", type=float, help="seconds one run may take before its members "
                     "are killed and it counts as failed (default: 4 x T_min + 20, at least 45)")
     ap.add_argument("--ss-at", type=float, metavar="SECONDS", help="diagnostics: save `ss -tin` "
@@ -792,7 +803,7 @@ def main():
         keys = ["quick"] + keys
         if len(keys) == 1:
             args.runs = 1
-            if args.timeout == 2400:
+            if args.timeout == 3600:
                 args.timeout = 180
     if not keys:
         ap.print_usage()
@@ -845,12 +856,12 @@ def main():
     signal.alarm(max(1, int(args.timeout)))
     code = 0
     try:
-        src = args.bin or os.path.join(args.root, "target", "release")
+        src = args.bin or os.path.join(ROOT, "target", "release")
         if not args.bin and not all(os.path.exists(os.path.join(src, b))
                                     for b in ("composer", "conductor", "member")):
             log("building release binaries...")
             run(["cargo", "build", "--release", "--quiet", "--manifest-path",
-                 os.path.join(args.root, "Cargo.toml")], timeout=1200)
+                 os.path.join(ROOT, "Cargo.toml")], timeout=1200)
         os.makedirs(os.path.join(work, "bin"))
         for b in ("composer", "conductor", "member"):
             dst = os.path.join(work, "bin", b)

@@ -9,10 +9,16 @@
 //! - One blocking thread per client, capped in number, each with a per-line deadline and a
 //!   line-length limit, so a stuck client holds only its own thread.
 //! - No one address can take all the places: connections are capped per source address (an
-//!   IPv4 address or an IPv6 /64), and when the cap for that source, or the overall cap, is
-//!   reached the oldest connection that is waiting for a line is closed to make room. Honest
-//!   clients send their request as soon as they connect, so the oldest idle connections are the
-//!   stalled and slow ones; a flood of idle connections only pushes out its own kind.
+//!   IPv4 address or an IPv6 /64). At a cap, a connection that is waiting for a line is closed
+//!   to make room: one of the address holding the most connections when the newcomer's holds
+//!   far fewer, else one that has waited long enough to be stale. Honest clients send their
+//!   request as soon as they connect, so what gives way is stalled or slow; a flood of idle
+//!   connections mostly pushes out its own kind (see `Connections::admit`).
+//! - On Linux the kernel holds back a connection until its first bytes arrive (every client
+//!   speaks first), so connections that never send cost no thread and no turn of the accept
+//!   loop; one handed over still silent after the first-line timeout is closed at once.
+//! - Client threads are joined by the accept loop, so the thread count is a real bound, not
+//!   only a count of the connections being served.
 //! - Members are capped per source address too, so one machine announcing thousands of ports
 //!   cannot fill the tables or crowd out anyone else; it is refused past its cap.
 //! - All shared state sits behind one [`Mutex`] held only for in-memory bookkeeping; logging and
@@ -29,7 +35,7 @@ use std::collections::HashMap;
 use std::io::{self, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -67,7 +73,9 @@ pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
 const EXPIRY_GRACE: Duration = Duration::from_secs(1);
 /// The summary log line comes at most this often, so a short interval does not flood the log.
 const MIN_SUMMARY_PERIOD: Duration = Duration::from_secs(60);
-/// A client turned away for lack of room gets this long to take its `ERROR busy`.
+/// A client turned away for lack of room gets this long to take its `ERROR busy` (where the
+/// reply cannot be sent without blocking in one call).
+#[cfg(not(unix))]
 const BUSY_WRITE_TIMEOUT: Duration = Duration::from_millis(200);
 /// After a persistent accept failure (out of file descriptors) retrying at once would spin;
 /// short, because connections wait in the backlog meanwhile.
@@ -90,6 +98,8 @@ const FD_MARGIN: usize = 64;
 /// connections as its own only once it has waited this long for a line: honest clients send
 /// their request as soon as they connect, so by then it is stalled, slow or idle.
 const EVICTABLE_AFTER: Duration = Duration::from_secs(2);
+/// Sockets waiting for the closer thread (each holds a descriptor).
+const CLOSER_QUEUE: usize = 1024;
 /// Read buffer of a client connection: requests are short lines.
 const CLIENT_READ_BUFFER: usize = 2048;
 /// How long, and how many bytes, we read and discard before closing on a protocol error, so
@@ -466,6 +476,10 @@ struct Shared {
     turned_away: AtomicU64,
     /// Waiting connections closed to make room for newer ones since the last summary.
     evicted: AtomicU64,
+    /// Connections closed on accept because they sent nothing for the first-line timeout.
+    silent: AtomicU64,
+    /// Whether the kernel holds back connections until they send (see [`defer_accept`]).
+    deferred: bool,
 }
 
 impl Shared {
@@ -561,12 +575,14 @@ impl Connections {
 
     /// Takes a new connection from `source`, or gives the stream back when there is no room.
     /// The boolean tells whether a waiting connection was closed to make room:
-    /// - a source at its own cap replaces its own oldest connection among those that have waited
-    ///   at least [`EVICTABLE_AFTER`] ("stale"), and is turned away if none has;
+    /// - a source at its own cap is turned away: its connections end by their deadlines, and
+    ///   replacing them as it reconnects would only let it churn threads (honest clients hold a
+    ///   connection for milliseconds, so hundreds at once from one address are stalled ones);
     /// - at the overall cap, a newcomer takes the place of a waiting connection, chosen first
-    ///   among stale ones of sources holding more than twice as many connections as the
-    ///   newcomer's, then among any stale ones, then among any of such heavier sources; within
-    ///   each, the heaviest source first, then the oldest connection.
+    ///   among those that have waited at least [`EVICTABLE_AFTER`] ("stale") of sources holding
+    ///   more than twice as many connections as the newcomer's, then among any stale ones,
+    ///   then among any of such heavier sources; within each, the heaviest source first, then
+    ///   the oldest connection.
     ///
     /// So a client from an address with few connections (an honest member) gets in, a flood of
     /// idle connections only replaces stale ones, each place at most once per
@@ -582,8 +598,10 @@ impl Connections {
             return Err(stream);
         }
         let from_source = self.per_source.get(&source).copied().unwrap_or(0);
-        let at_source_cap = from_source >= self.max_per_source;
-        let evicted = at_source_cap || self.live >= self.max;
+        if from_source >= self.max_per_source {
+            return Err(stream);
+        }
+        let evicted = self.live >= self.max;
         if evicted {
             // No connection can be stale before this: skip the scan that would find none.
             let stale_possible = now >= self.no_stale_before;
@@ -592,24 +610,17 @@ impl Connections {
                 (now >= self.origin + EVICTABLE_AFTER).then(|| self.stamp(now - EVICTABLE_AFTER));
             let is_stale = |since: u64| stale.is_some_and(|stale| since <= stale);
             let heavier = |count: usize| count > from_source.saturating_mul(2);
-            let made_room = if at_source_cap {
-                stale_possible
-                    && self.evict(now, |c, since, _| {
-                        (c.source == source && is_stale(since)).then_some(0)
-                    })
-            } else {
-                let heavier_exists = self.per_source.values().any(|&count| heavier(count));
-                (stale_possible || heavier_exists)
-                    && self.evict(now, |_, since, count| {
-                        let tier = match (heavier(count), is_stale(since)) {
-                            (true, true) => 0,
-                            (false, true) => 1,
-                            (true, false) => 2,
-                            (false, false) => return None,
-                        };
-                        Some((tier, Reverse(count)))
-                    })
-            };
+            let heavier_exists = self.per_source.values().any(|&count| heavier(count));
+            let made_room = (stale_possible || heavier_exists)
+                && self.evict(now, |_, since, count| {
+                    let tier = match (heavier(count), is_stale(since)) {
+                        (true, true) => 0,
+                        (false, true) => 1,
+                        (true, false) => 2,
+                        (false, false) => return None,
+                    };
+                    Some((tier, Reverse(count)))
+                });
             if !made_room {
                 return Err(stream);
             }
@@ -758,6 +769,10 @@ impl Conductor {
             // if it fails the standard library's backlog stays, which still works.
             unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) };
         }
+        #[cfg(target_os = "linux")]
+        let deferred = defer_accept(&listener, config.first_line_timeout);
+        #[cfg(not(target_os = "linux"))]
+        let deferred = false;
         let limits = Limits {
             max_swarms: config.max_swarms,
             max_swarm_members: config.max_swarm_members,
@@ -774,6 +789,8 @@ impl Conductor {
                 connections: Mutex::new(connections),
                 turned_away: AtomicU64::new(0),
                 evicted: AtomicU64::new(0),
+                silent: AtomicU64::new(0),
+                deferred,
             }),
         })
     }
@@ -788,7 +805,11 @@ impl Conductor {
     pub fn run(self) -> anyhow::Result<()> {
         let config = &self.shared.config;
         #[cfg(unix)]
-        raise_fd_limit(hard_cap(config.max_clients).saturating_add(FD_MARGIN));
+        raise_fd_limit(
+            hard_cap(config.max_clients)
+                .saturating_add(CLOSER_QUEUE)
+                .saturating_add(FD_MARGIN),
+        );
         let shared = Arc::clone(&self.shared);
         thread::Builder::new()
             .name("conductor-reaper".into())
@@ -806,9 +827,10 @@ impl Conductor {
         let mut failures = 0u64;
         // Every client thread not yet joined: the count of client threads that exist.
         let mut threads = HashMap::new();
+        let closer = Closer::start()?;
         loop {
             match self.listener.accept() {
-                Ok((stream, peer)) => self.admit(&mut threads, stream, peer),
+                Ok((stream, peer)) => self.admit(&mut threads, &closer, stream, peer),
                 Err(e) => {
                     // Out of descriptors: shed the longest-waiting connection so that the next
                     // accept finds one free, rather than leaving everyone in the backlog.
@@ -835,6 +857,7 @@ impl Conductor {
     fn admit(
         &self,
         threads: &mut HashMap<u64, thread::JoinHandle<()>>,
+        closer: &Closer,
         stream: TcpStream,
         peer: SocketAddr,
     ) {
@@ -848,8 +871,17 @@ impl Conductor {
                 let _ = handle.join();
             }
         }
+        // With deferred accept, a connection handed over before it sent anything has been
+        // silent for the whole first-line timeout already: it is over its deadline.
+        #[cfg(target_os = "linux")]
+        if shared.deferred && !has_sent(&stream) {
+            shared.silent.fetch_add(1, Ordering::Relaxed);
+            closer.close(stream);
+            return;
+        }
         if threads.len() >= hard_cap(shared.config.max_clients) {
             turn_away(shared, &stream);
+            closer.close(stream);
             return;
         }
         let admitted = shared
@@ -859,6 +891,7 @@ impl Conductor {
             Ok(admitted) => admitted,
             Err(stream) => {
                 turn_away(shared, &stream);
+                closer.close(stream);
                 return;
             }
         };
@@ -887,6 +920,52 @@ impl Conductor {
     }
 }
 
+/// Every client speaks first, so the kernel need not hand us a connection before its first
+/// bytes arrive: a connection that never sends anything (the bulk of an idle-connection attack)
+/// then costs no thread, no descriptor and no turn in the accept loop, only a small entry in
+/// the kernel, until `wait` has passed. Then the kernel hands it over anyway and the first-line
+/// deadline applies as to any other. Best effort: without it, eviction still copes. True if
+/// the kernel took the option.
+#[cfg(target_os = "linux")]
+fn defer_accept(listener: &TcpListener, wait: Duration) -> bool {
+    use std::os::fd::AsRawFd;
+    let seconds = wait.as_secs().clamp(1, 3600) as libc::c_int;
+    // SAFETY: setsockopt reads an int we own, on a socket we own.
+    let failed = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&seconds as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    } != 0;
+    if failed {
+        debug!(
+            "cannot defer accepting connections until they send: {}",
+            io::Error::last_os_error()
+        );
+    }
+    !failed
+}
+
+/// Whether the client has sent anything yet (or closed), without blocking.
+#[cfg(target_os = "linux")]
+fn has_sent(stream: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut byte = 0u8;
+    // SAFETY: peeks at most one byte into a byte we own, on a socket we own, without blocking.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n >= 0
+}
+
 /// Each client holds a socket, and the usual soft limit of 1024 descriptors would run out before
 /// the client cap is reached (accept would then fail instead of admitting or answering `busy`),
 /// so raise it as far as the hard limit allows.
@@ -912,10 +991,60 @@ fn raise_fd_limit(wanted: usize) {
     }
 }
 
+/// Closes sockets for the accept loop. A close is kernel work (a FIN; on loopback the other
+/// side's processing too) that every connection waiting in the backlog behind would pay for;
+/// under a flood of connections to turn away or close, the accept loop then only accepts and
+/// hands them over.
+struct Closer(mpsc::SyncSender<TcpStream>);
+
+impl Closer {
+    fn start() -> anyhow::Result<Closer> {
+        let (sender, receiver) = mpsc::sync_channel::<TcpStream>(CLOSER_QUEUE);
+        thread::Builder::new()
+            .name("conductor-closer".into())
+            .stack_size(CLIENT_STACK)
+            // Ends when the accept loop drops the sender, that is never while serving.
+            .spawn(move || receiver.into_iter().for_each(drop))
+            .context("cannot start the closer thread")?;
+        Ok(Closer(sender))
+    }
+
+    /// Closes `stream` soon; at once, here, if the closer is behind.
+    fn close(&self, stream: TcpStream) {
+        match self.0.try_send(stream) {
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Full(stream) | mpsc::TrySendError::Disconnected(stream)) => {
+                drop(stream)
+            }
+        }
+    }
+}
+
+/// Answers `ERROR busy` (the caller closes). Under a connection flood this is most of what the
+/// accept loop does, while honest connections wait behind in the backlog, so it is one system
+/// call that never blocks: a fresh socket's send buffer is empty.
 fn turn_away(shared: &Shared, stream: &TcpStream) {
     shared.turned_away.fetch_add(1, Ordering::Relaxed);
-    let _ = stream.set_write_timeout(Some(BUSY_WRITE_TIMEOUT));
-    let _ = ConductorReply::Error("busy".into()).write_to(&mut &*stream);
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        const BUSY: &[u8] = b"ERROR busy\n";
+        // SAFETY: sends from a live buffer on a socket we own; the flags make it non-blocking
+        // and keep a closed peer from raising SIGPIPE.
+        unsafe {
+            libc::send(
+                stream.as_raw_fd(),
+                BUSY.as_ptr().cast(),
+                BUSY.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = stream.set_write_timeout(Some(BUSY_WRITE_TIMEOUT));
+        let _ = ConductorReply::Error("busy".into()).write_to(&mut &*stream);
+    }
 }
 
 /// A TCP stream whose reads and writes fail once a deadline passes, however the bytes trickle:
@@ -1111,12 +1240,13 @@ fn reap_forever(shared: &Shared) {
             };
             let turned_away = shared.turned_away.swap(0, Ordering::Relaxed);
             let evicted = shared.evicted.swap(0, Ordering::Relaxed);
+            let silent = shared.silent.swap(0, Ordering::Relaxed);
             let (clients, sources) = {
                 let connections = shared.connections();
                 (connections.live, connections.per_source.len())
             };
             info!(
-                "swarms: {}  members: {}  announces/s: {:.1}  clients: {clients} from {sources} addresses  refused: {refused}  busy: {turned_away}  evicted: {evicted}",
+                "swarms: {}  members: {}  announces/s: {:.1}  clients: {clients} from {sources} addresses  refused: {refused}  busy: {turned_away}  evicted: {evicted}  silent: {silent}",
                 stats.swarms,
                 stats.members,
                 stats.announces_per_sec,
@@ -1508,33 +1638,26 @@ mod tests {
     }
 
     #[test]
-    fn a_source_at_its_cap_replaces_only_its_own_stale_connections() {
+    fn a_source_at_its_cap_is_turned_away() {
         let mut t = Admitter::new();
         let mut table = t.table(10, 2);
         let (abuser, honest) = ([10, 0, 0, 2], [10, 0, 0, 1]);
         let (a1, was_evicted) = t.admit(&mut table, abuser, 0).unwrap();
         assert!(!was_evicted);
         let (a2, _) = t.admit(&mut table, abuser, 1).unwrap();
-        let (h1, _) = t.admit(&mut table, honest, 2).unwrap();
-        // Turned away while its own connections are fresh...
-        assert!(t.admit(&mut table, abuser, 3).is_none());
-        // ... it replaces its own oldest once that one has waited a while, never another's.
-        let (a3, was_evicted) = t.admit(&mut table, abuser, 2500).unwrap();
-        assert!(was_evicted && evicted(&a1) && !evicted(&a2) && !evicted(&h1));
-        assert_eq!((table.live, table.conns.len()), (3, 4));
+        // Turned away however stale its own connections are, and nobody else's is touched.
+        assert!(t.admit(&mut table, abuser, 2).is_none());
+        assert!(t.admit(&mut table, abuser, 60_000).is_none());
+        assert!(!evicted(&a1) && !evicted(&a2));
+        let (_h1, _) = t.admit(&mut table, honest, 60_001).unwrap();
+        assert_eq!((table.live, table.conns.len()), (3, 3));
         assert_eq!(table.per_source.get(&IpAddr::from(abuser)), Some(&2));
-        // A connection answering a request is never taken: the stale a2 is busy, a3 is fresh.
-        assert!(a2.begin_work());
-        assert!(t.admit(&mut table, abuser, 2600).is_none());
-        let (_a4, _) = t.admit(&mut table, abuser, 4600).unwrap();
-        assert!(evicted(&a3) && !evicted(&a2));
-        // Threads ending free their places; evicted ones were already counted out.
+        // Threads ending free their places.
         for id in 0..table.next_id {
             table.remove(id);
         }
         assert_eq!((table.live, table.conns.len()), (0, 0));
         assert!(table.per_source.is_empty());
-        assert!(shut(&t.clients[0]));
     }
 
     #[test]
@@ -1567,6 +1690,8 @@ mod tests {
         // it is fresh.
         assert!(t.admit(&mut table, other, 5001).is_none());
         assert_eq!(table.live, 4);
+        // The client of an evicted connection sees it closed.
+        assert!(shut(&t.clients[0]));
     }
 
     #[test]
@@ -1575,7 +1700,7 @@ mod tests {
         let now = Instant::now();
         let config = ConductorConfig {
             max_clients: 2,
-            max_clients_per_ip: 2,
+            max_clients_per_ip: 1000,
             ..ConductorConfig::default()
         };
         let mut table = Connections::new(&config, now);

@@ -354,10 +354,11 @@ fn bad_clients_get_errors_and_do_not_disturb_others() {
 #[test]
 fn at_the_cap_idle_connections_give_way_to_members() {
     let conductor = Running::start(&["--max-clients", "2"]);
-    // Two connections from another machine that never send anything fill the places.
-    let mut oldest = connect_from(2, &conductor.addr).unwrap();
+    // Two connections from another machine that send half a request, then stall, fill the
+    // places.
+    let mut oldest = stalled_from(2, &conductor.addr);
     thread::sleep(Duration::from_millis(50));
-    let mut younger = connect_from(2, &conductor.addr).unwrap();
+    let mut younger = stalled_from(2, &conductor.addr);
     thread::sleep(Duration::from_millis(50));
     // A member arriving at the cap is served: the connection that has waited longest, from the
     // address holding the most connections, is closed to make room.
@@ -377,17 +378,49 @@ fn at_the_cap_idle_connections_give_way_to_members() {
     assert_eq!(counters.members, 1);
 }
 
+/// Lets the kernel pick the local port at connect time, knowing the destination (Linux's
+/// IP_BIND_ADDRESS_NO_PORT). Otherwise binding to port 0 must find a port free for every
+/// destination, and after tens of thousands of connections from one address (the flood) the
+/// search crawls and holds kernel locks the conductor needs too.
+fn bind_port_at_connect(socket: &Socket) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt reads an int we own, on a socket we own.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = socket;
+}
+
 /// A TCP connection to `to` from the local address 127.0.0.`host`, so that the conductor sees
 /// another client machine.
 fn connect_from(host: u8, to: &str) -> std::io::Result<TcpStream> {
     let to: SocketAddr = to.parse().unwrap();
     let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    bind_port_at_connect(&socket);
     socket.bind(&SocketAddr::from(([127, 0, 0, host], 0)).into())?;
     socket.connect_timeout(&to.into(), TIMEOUT)?;
     let stream: TcpStream = socket.into();
     stream.set_read_timeout(Some(TIMEOUT))?;
     stream.set_write_timeout(Some(TIMEOUT))?;
     Ok(stream)
+}
+
+/// A connection from 127.0.0.`host` that sends half a request line and then nothing.
+fn stalled_from(host: u8, to: &str) -> TcpStream {
+    let mut stream = connect_from(host, to).unwrap();
+    stream.write_all(b"ANNOUNCE tnc/1 ").unwrap();
+    stream
 }
 
 /// A field of /proc/PID/status (e.g. `Threads`, `VmHWM`) as a number.
@@ -449,25 +482,18 @@ fn abuse_does_not_stop_honest_members() {
     let stop = Arc::new(AtomicBool::new(false));
     let mut abusers = Vec::new();
 
-    // 300 connections that never send (slowloris), more than one address may hold (256).
+    // 300 connections that send half a request and stall (slowloris), more than one address
+    // may hold (256).
     let idle = {
+        let addr = addr.clone();
+        thread::spawn(move || (0..300).map(|_| stalled_from(2, &addr)).collect::<Vec<_>>())
+    };
+    // 300 that never send a byte.
+    let silent = {
         let addr = addr.clone();
         thread::spawn(move || {
             (0..300)
-                .map(|_| connect_from(2, &addr).unwrap())
-                .collect::<Vec<_>>()
-        })
-    };
-    // 100 half-open ones: half a request, then nothing.
-    let half_open = {
-        let addr = addr.clone();
-        thread::spawn(move || {
-            (0..100)
-                .map(|_| {
-                    let mut s = connect_from(3, &addr).unwrap();
-                    s.write_all(b"ANNOUNCE tnc/1 ").unwrap();
-                    s
-                })
+                .map(|_| connect_from(3, &addr).unwrap())
                 .collect::<Vec<_>>()
         })
     };
@@ -545,13 +571,13 @@ fn abuse_does_not_stop_honest_members() {
         assert!(garbage.join().unwrap() > 0);
     }
     let mut idle = idle.join().unwrap();
-    let mut half_open = half_open.join().unwrap();
-    // One address holds at most 256 connections: its oldest were closed to make room.
+    let mut silent = silent.join().unwrap();
+    // One address holds at most 256 connections: the others were turned away.
     for s in &idle {
         s.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
     }
     let closed = idle.iter_mut().map(closed_by_server).filter(|&c| c).count();
-    assert!(closed >= 300 - 256, "{closed} idle connections closed");
+    assert!(closed >= 300 - 256, "{closed} stalled connections closed");
     assert!(max_threads <= 1024 + 128 + 4, "{max_threads} threads");
 
     // Every honest member is still there, next to the flood's 1,024.
@@ -569,24 +595,49 @@ fn abuse_does_not_stop_honest_members() {
         .filter(|&&(_, p)| seen.contains(&local(p)));
     assert_eq!(honest_seen.count(), honest.len() - 1);
 
-    // The stalled connections are cut off at their first-line deadline (5 s).
-    half_open[0]
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    assert!(closed_by_server(&mut half_open[0]));
+    // The stalled and silent connections are cut off at their first-line deadline (5 s; the
+    // silent ones wait in the kernel meanwhile, and go once it hands them over).
+    for stream in [&mut idle[299], &mut silent[0]] {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        assert!(closed_by_server(stream));
+    }
     let rss_kib = proc_status(pid, "VmHWM").unwrap();
     assert!(rss_kib < 256 * 1024, "peak RSS {rss_kib} KiB");
 }
 
-/// Idle connections spread over many addresses fill the overall cap; newcomers still get in
+/// Connections that never send cost no thread: the kernel holds them until the first-line
+/// timeout, then the conductor closes them as soon as it gets them.
+#[cfg(target_os = "linux")]
+#[test]
+fn silent_connections_cost_no_thread() {
+    let conductor = Running::start(&["--max-clients", "64"]);
+    let pid = conductor.child.id();
+    let mut silent: Vec<TcpStream> = (0..500)
+        .map(|i| connect_from(20 + (i % 5) as u8, &conductor.addr).unwrap())
+        .collect();
+    let swarm = Checksum::of(b"silent");
+    for port in 49101..49121 {
+        conductor.announce(swarm, PeerId::random(), port);
+    }
+    let threads = proc_status(pid, "Threads").unwrap();
+    assert!(threads <= 8, "{threads} threads for 500 silent connections");
+    silent[0]
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    assert!(closed_by_server(&mut silent[0]));
+}
+
+/// Stalled connections spread over many addresses fill the overall cap; newcomers still get in
 /// because the longest-waiting connection gives way, and the thread count stays bounded.
 #[test]
-fn idle_connections_from_many_addresses_give_way() {
+fn stalled_connections_from_many_addresses_give_way() {
     let conductor = Running::start(&["--max-clients", "64"]);
     let pid = conductor.child.id();
     let mut idle = Vec::new();
     for i in 0..200 {
-        idle.push(connect_from(10 + (i % 10) as u8, &conductor.addr).unwrap());
+        idle.push(stalled_from(10 + (i % 10) as u8, &conductor.addr));
     }
     let swarm = Checksum::of(b"many");
     for port in 49001..49021 {
@@ -602,7 +653,7 @@ fn idle_connections_from_many_addresses_give_way() {
     let closed = idle.iter_mut().map(closed_by_server).filter(|&c| c).count();
     assert!(
         closed >= 200 - 64,
-        "only {closed} of 200 idle connections were closed"
+        "only {closed} of 200 stalled connections were closed"
     );
     assert!(conductor.log_text().contains("at most 64 clients"));
 }
