@@ -35,7 +35,7 @@ const REJECT_RETRY: Duration = Duration::from_secs(2);
 /// Smallest choice of parts the picker randomizes over.
 const MIN_PICK_WINDOW: u32 = 16;
 /// Bytes of requests kept in flight per peer when the pipeline depth is not set.
-const PIPELINE_BYTES: u64 = 4 << 20;
+const PIPELINE_BYTES: u64 = 2 << 20;
 
 /// What a connection's writer sends next.
 enum Outgoing {
@@ -142,7 +142,9 @@ impl Outbox {
 
     /// The next item, control first; `None` after `idle` without one (time for a `PING`) or
     /// when closed (`Err`).
-    fn next(&self, idle: Duration) -> Next {
+    /// `copies_sent` orders queued parts: fewest copies already sent first, so that a seeder
+    /// sends every part once before it sends any part twice.
+    fn next(&self, idle: Duration, copies_sent: impl Fn(u32) -> u16) -> Next {
         let mut state = self.state.lock().unwrap();
         let deadline = Instant::now() + idle;
         loop {
@@ -155,7 +157,8 @@ impl Outbox {
                 }
                 return Next::Send(item);
             }
-            if let Some((index, counted)) = state.uploads.pop_front() {
+            let fewest = (0..state.uploads.len()).min_by_key(|&i| copies_sent(state.uploads[i].0));
+            if let Some((index, counted)) = fewest.and_then(|i| state.uploads.remove(i)) {
                 state.sending = true;
                 return Next::Send(Outgoing::Part { index, counted });
             }
@@ -782,7 +785,10 @@ fn write_loop(shared: &Shared, link: &PeerLink, stream: TcpStream) -> Result<()>
             link.close(shared);
             return Ok(());
         }
-        let item = match link.outbox.next(ping_every) {
+        let item = match link
+            .outbox
+            .next(ping_every, |index| shared.spread.copies_sent(index))
+        {
             Next::Closed => return Ok(()),
             Next::Idle => {
                 out.write_all(PeerMessage::Ping.to_line().as_bytes())?;
@@ -818,6 +824,7 @@ fn write_loop(shared: &Shared, link: &PeerLink, stream: TcpStream) -> Result<()>
                     }
                     return Err(e);
                 }
+                shared.spread.sent(index);
                 shared
                     .counters
                     .bytes_up

@@ -7,13 +7,18 @@
 //! served while some part has never left it; the asker picks another part and gets this one from
 //! the member that already has it. Once every part has gone out once, it serves everything.
 //! A part counts from the moment it is queued; one cancelled or lost with its connection is
-//! withdrawn, so a part that never reached anyone is not held back.
+//! withdrawn, so a part that never reached anyone is not held back. And each connection sends
+//! the queued part with the fewest copies out first, so that while second copies wait in the
+//! queues, first copies still go ahead of them.
 
 use std::sync::Mutex;
 
 struct Counts {
+    /// Copies queued or sent (what admission counts).
     served: Vec<u16>,
     never_served: u32,
+    /// Copies actually sent, to send the rarest first among those queued.
+    sent: Vec<u16>,
 }
 
 pub struct Spread {
@@ -26,6 +31,7 @@ impl Spread {
             counts: Mutex::new(Counts {
                 served: vec![0; parts as usize],
                 never_served: parts,
+                sent: vec![0; parts as usize],
             }),
         }
     }
@@ -44,6 +50,19 @@ impl Spread {
         }
         counts.served[index as usize] = served.saturating_add(1);
         true
+    }
+
+    /// A copy of `index` went out whole.
+    pub fn sent(&self, index: u32) {
+        if let Some(sent) = self.counts.lock().unwrap().sent.get_mut(index as usize) {
+            *sent = sent.saturating_add(1);
+        }
+    }
+
+    /// Copies of `index` sent so far.
+    pub fn copies_sent(&self, index: u32) -> u16 {
+        let counts = self.counts.lock().unwrap();
+        counts.sent.get(index as usize).copied().unwrap_or(u16::MAX)
     }
 
     /// An admitted part will not be sent after all (cancelled, or the connection ended).
