@@ -231,6 +231,12 @@ fn run(args: Args) -> anyhow::Result<bool> {
         args.flood < u32::from(HONEST_BASE_PORT),
         "the flood's ports must stay below {HONEST_BASE_PORT}"
     );
+    ensure!(
+        args.members <= args.max_members_per_ip || args.bin.is_some() || args.target.is_some(),
+        "{} members on 127.0.0.1 are more than the conductor takes from one address: \
+         raise --max-members-per-ip",
+        args.members
+    );
     let (_child, addr, pid, what) = match args.target {
         Some(target) => {
             ensure!(

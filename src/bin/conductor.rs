@@ -72,6 +72,14 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = conductor::DEFAULT_MAX_MEMBERS)]
     max_members: usize,
 
+    /// Most connections from one address (IPv4, or IPv6 /64) at once.
+    #[arg(long, value_name = "N", default_value_t = conductor::DEFAULT_MAX_CLIENTS_PER_IP)]
+    max_clients_per_ip: usize,
+
+    /// Most members one address holds over all swarms (raise it for many members behind one NAT).
+    #[arg(long, value_name = "N", default_value_t = conductor::DEFAULT_MAX_MEMBERS_PER_IP)]
+    max_members_per_ip: usize,
+
     /// Append the log to this file (folders are created) instead of stderr.
     #[arg(long, value_name = "PATH")]
     log_file: Option<PathBuf>,
@@ -82,7 +90,7 @@ struct Args {
     json: bool,
 
     /// Print the counters of the conductor at HOST:PORT and exit.
-    #[arg(long, value_name = "HOST:PORT", conflicts_with_all = ["listen", "interval", "max_clients", "max_swarms", "max_swarm_members", "max_members"])]
+    #[arg(long, value_name = "HOST:PORT", conflicts_with_all = ["listen", "interval", "max_clients", "max_swarms", "max_swarm_members", "max_members", "max_clients_per_ip", "max_members_per_ip"])]
     stats: Option<String>,
 
     /// Print shell completions or a man page and exit.
@@ -139,6 +147,8 @@ fn run(args: &Args) -> Result<(), Failure> {
         max_swarms: args.max_swarms,
         max_swarm_members: args.max_swarm_members,
         max_members: args.max_members,
+        max_clients_per_ip: args.max_clients_per_ip,
+        max_members_per_ip: args.max_members_per_ip,
         ..ConductorConfig::default()
     })
     .map_err(|e| {
