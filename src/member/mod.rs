@@ -158,6 +158,8 @@ pub struct Shared {
     pub config: MemberConfig,
     /// The port peers reach us on, as announced.
     pub listen_port: u16,
+    /// The complete file was on disk at start: this member is an origin of the swarm.
+    pub origin: bool,
     pub storage: Box<dyn Storage>,
     pub paths: Paths,
     pub picker: Mutex<Picker>,
@@ -344,6 +346,7 @@ impl Member {
             swarm: orch.swarm_id(),
             peer_id: PeerId::random(),
             listen_port: local_addr.port(),
+            origin: complete,
             storage: prepared.storage,
             paths: prepared.paths,
             picker: Mutex::new(Picker::new(prepared.have)),

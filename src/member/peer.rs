@@ -572,7 +572,9 @@ impl<'a> Conversation<'a> {
 
     fn serve(&mut self, index: u32) -> Result<()> {
         let have = self.shared.picker.lock().unwrap().have().get(index);
-        let seeding = self.shared.is_seeding();
+        // Only a member that had the file from the start spreads: it is the one source of the
+        // parts nobody else has yet. A member that finished later serves freely.
+        let seeding = self.shared.origin && self.shared.is_seeding();
         let refuse = self.shared.is_draining() || (seeding && !self.shared.spread.admit(index));
         if !have || refuse {
             if !self.link.outbox.push_reject(index) {

@@ -1,15 +1,15 @@
-//! A complete member's policy for spreading parts: every part once before any part twice.
+//! An origin seeder's policy for spreading parts: every part once before any part twice.
 //!
 //! Members that start together all ask the seeder for the rarest parts, and the parts only the
 //! seeder has are equally rare, so without a policy two members often get the same part from
 //! the seeder while others wait, and the seeder's uplink, the scarcest resource of the swarm,
-//! carries duplicates. A complete member therefore refuses (`REJECT`) a part it has already
-//! served while some part has never left it; the asker picks another part and gets this one from
-//! the member that already has it. Once every part has gone out once, it serves everything.
-//! A part counts from the moment it is queued; one cancelled or lost with its connection is
-//! withdrawn, so a part that never reached anyone is not held back. And each connection sends
-//! the queued part with the fewest copies out first, so that while second copies wait in the
-//! queues, first copies still go ahead of them.
+//! carries duplicates. A member that had the whole file from the start therefore refuses
+//! (`REJECT`) a part it has already served while some part has not yet been sent whole once;
+//! the asker picks another part and gets this one from the member that already has it. Once
+//! every part has gone out once, it serves everything. A part counts from the moment it is
+//! queued; one cancelled or lost with its connection is withdrawn, so a part that never reached
+//! anyone is not held back. Each connection sends the queued part with the fewest copies out
+//! first. Members that finish later serve freely: they are not the only source of anything.
 
 use std::sync::Mutex;
 
@@ -19,6 +19,7 @@ struct Counts {
     never_served: u32,
     /// Copies actually sent, to send the rarest first among those queued.
     sent: Vec<u16>,
+    never_sent: u32,
 }
 
 pub struct Spread {
@@ -32,6 +33,7 @@ impl Spread {
                 served: vec![0; parts as usize],
                 never_served: parts,
                 sent: vec![0; parts as usize],
+                never_sent: parts,
             }),
         }
     }
@@ -42,7 +44,9 @@ impl Spread {
         let Some(&served) = counts.served.get(index as usize) else {
             return false;
         };
-        if served > 0 && counts.never_served > 0 {
+        // A second copy waits until every part has been sent whole once, not merely queued:
+        // first copies still queued behind slow connections must not lose the uplink to it.
+        if served > 0 && (counts.never_served > 0 || counts.never_sent > 0) {
             return false;
         }
         if served == 0 {
@@ -54,9 +58,14 @@ impl Spread {
 
     /// A copy of `index` went out whole.
     pub fn sent(&self, index: u32) {
-        if let Some(sent) = self.counts.lock().unwrap().sent.get_mut(index as usize) {
-            *sent = sent.saturating_add(1);
+        let mut counts = self.counts.lock().unwrap();
+        let Some(&sent) = counts.sent.get(index as usize) else {
+            return;
+        };
+        if sent == 0 {
+            counts.never_sent -= 1;
         }
+        counts.sent[index as usize] = sent.saturating_add(1);
     }
 
     /// Copies of `index` sent so far.
@@ -89,6 +98,11 @@ mod tests {
         assert!(!spread.admit(1), "1 again while 0 and 2 never went out");
         assert!(spread.admit(0));
         assert!(spread.admit(2));
+        assert!(
+            !spread.admit(1),
+            "every part queued once, but not all sent yet"
+        );
+        (0..3).for_each(|i| spread.sent(i));
         assert!(spread.admit(1), "everything went out once: serve freely");
         assert!(!spread.admit(3), "out of range");
     }
@@ -100,6 +114,8 @@ mod tests {
         spread.withdraw(0);
         assert!(spread.admit(1));
         assert!(spread.admit(0), "0 never left: it is served again");
+        spread.sent(0);
+        spread.sent(1);
         assert!(spread.admit(0), "every part went out once: serve freely");
     }
 }
