@@ -175,6 +175,8 @@ pub struct Shared {
     draining: AtomicBool,
     shutdown: Mutex<bool>,
     shutdown_signal: Condvar,
+    /// Counts uploads ended and connections gone, signalled for [`Member::finish_uploads`].
+    uploads_changed: (Mutex<u64>, Condvar),
     fatal: Mutex<Option<(FailureKind, String)>>,
 }
 
@@ -201,6 +203,13 @@ impl Shared {
         if let Ok(events) = self.events.lock() {
             let _ = events.send(event);
         }
+    }
+
+    /// An upload ended or a connection went away: wakes [`Member::finish_uploads`].
+    pub fn note_uploads_changed(&self) {
+        let (count, signal) = &self.uploads_changed;
+        *count.lock().unwrap() += 1;
+        signal.notify_all();
     }
 
     pub fn is_draining(&self) -> bool {
@@ -365,6 +374,7 @@ impl Member {
             draining: AtomicBool::new(false),
             shutdown: Mutex::new(false),
             shutdown_signal: Condvar::new(),
+            uploads_changed: (Mutex::new(0), Condvar::new()),
             fatal: Mutex::new(None),
             orch,
             config,
@@ -465,19 +475,26 @@ impl Member {
     /// to finish, so that peers do not lose a part half-received.
     pub fn finish_uploads(&self, timeout: Duration) {
         self.shared.draining.store(true, Ordering::Release);
+        let shared = &self.shared;
+        let (count, signal) = &shared.uploads_changed;
         let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            let idle = self
-                .shared
+        loop {
+            // Read the count before looking, so a change while looking is not slept through.
+            let seen = *count.lock().unwrap();
+            let idle = shared
                 .peers
                 .lock()
                 .unwrap()
                 .values()
                 .all(|l| l.uploads_idle());
-            if idle || self.shared.is_shutting_down() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if idle || shared.is_shutting_down() || left.is_zero() {
                 return;
             }
-            std::thread::sleep(Duration::from_millis(10));
+            let guard = count.lock().unwrap();
+            if *guard == seen {
+                let _ = signal.wait_timeout(guard, left).unwrap();
+            }
         }
     }
 

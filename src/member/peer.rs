@@ -441,6 +441,8 @@ fn unregister(shared: &Shared, link: &Arc<PeerLink>) {
         .is_some_and(|l| Arc::ptr_eq(l, link))
     {
         peers.remove(&link.peer_id);
+        drop(peers);
+        shared.note_uploads_changed();
     }
 }
 
@@ -820,6 +822,7 @@ fn write_loop(shared: &Shared, link: &PeerLink, stream: TcpStream) -> Result<()>
                     .map_err(anyhow::Error::from)
                     .and_then(|()| send_part(shared, &stream, offset, len));
                 link.outbox.upload_done();
+                shared.note_uploads_changed();
                 if let Err(e) = sent {
                     if counted {
                         shared.spread.withdraw(index);

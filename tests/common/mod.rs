@@ -78,28 +78,7 @@ pub fn start_conductor(extra: &[&str]) -> Conductor {
 }
 
 pub fn start_conductor_on(listen: &str, extra: &[&str]) -> Conductor {
-    let mut proc = Proc::spawn(
-        "conductor",
-        Command::new(env!("CARGO_BIN_EXE_conductor"))
-            .args(["--listen", listen])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null()),
-    );
-    let mut stdout = BufReader::new(proc.child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let addr = line
-        .trim_end()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("conductor said {line:?}"))
-        .to_string();
-    Conductor {
-        proc,
-        addr,
-        _stdout: stdout,
-    }
+    try_start_conductor_on(listen, extra).unwrap_or_else(|why| panic!("{why}"))
 }
 
 /// Like [`start_conductor_on`], but returns what the conductor said on stderr when it does not
