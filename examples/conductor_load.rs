@@ -49,10 +49,10 @@ struct Args {
     #[arg(long, default_value_t = 1000)]
     members: usize,
     /// Announce interval the conductor is started with (and members keep).
-    #[arg(long, default_value = "1s", value_parser = conductor::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = torrentnchill::cli::units::parse_duration)]
     interval: Duration,
     /// Length of each phase (baseline, then under abuse).
-    #[arg(long, default_value = "20s", value_parser = conductor::parse_duration)]
+    #[arg(long, default_value = "20s", value_parser = torrentnchill::cli::units::parse_duration)]
     phase: Duration,
     /// Threads that carry the honest members' announces.
     #[arg(long, default_value_t = 32)]
@@ -68,7 +68,7 @@ struct Args {
     half_open: usize,
     /// How often the holders of idle and half-open connections reopen those the conductor
     /// closed (slowloris tools recreate dropped sockets every few seconds).
-    #[arg(long, default_value = "1s", value_parser = conductor::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = torrentnchill::cli::units::parse_duration)]
     reopen_every: Duration,
     /// Threads sending 10 MB lines over and over, from 127.0.3.1.
     #[arg(long, default_value_t = 4)]
@@ -76,7 +76,7 @@ struct Args {
     /// Pause of each of those threads between two lines. Each line moves megabytes through
     /// loopback before the conductor's cut-off resets it, which costs this machine's CPU (shared
     /// with the conductor here) far more than the conductor's.
-    #[arg(long, default_value = "100ms", value_parser = conductor::parse_duration)]
+    #[arg(long, default_value = "100ms", value_parser = torrentnchill::cli::units::parse_duration)]
     long_line_pause: Duration,
     /// Threads sending garbage over and over, from 127.0.4.1.
     #[arg(long, default_value_t = 2)]
@@ -578,7 +578,7 @@ fn honest_announce(
 ) -> anyhow::Result<Vec<SocketAddr>> {
     let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
     socket.set_linger(Some(Duration::ZERO))?;
-    socket.set_nodelay(true)?;
+    socket.set_tcp_nodelay(true)?;
     socket.connect_timeout(&to.into(), ANNOUNCE_TIMEOUT)?;
     let stream: TcpStream = socket.into();
     stream.set_read_timeout(Some(ANNOUNCE_TIMEOUT))?;

@@ -29,7 +29,6 @@
 //! The same module holds the client side ([`announce`], [`leave`], [`stats`]) so that the
 //! member and the tools speak the protocol through one implementation.
 
-use std::cell::Cell;
 use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::io::{self, BufReader, Read, Write};
@@ -42,6 +41,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, ensure, Context};
 use log::{debug, info, warn};
 
+use crate::net::{self, DeadlineStream};
 use crate::orch::SwarmId;
 use crate::wire::{
     ConductorReply, ConductorRequest, ConductorStats, LineReader, PeerId, WireError,
@@ -73,10 +73,6 @@ pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
 const EXPIRY_GRACE: Duration = Duration::from_secs(1);
 /// The summary log line comes at most this often, so a short interval does not flood the log.
 const MIN_SUMMARY_PERIOD: Duration = Duration::from_secs(60);
-/// A client turned away for lack of room gets this long to take its `ERROR busy` (where the
-/// reply cannot be sent without blocking in one call).
-#[cfg(not(unix))]
-const BUSY_WRITE_TIMEOUT: Duration = Duration::from_millis(200);
 /// After a persistent accept failure (out of file descriptors) retrying at once would spin;
 /// short, because connections wait in the backlog meanwhile.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
@@ -85,8 +81,7 @@ const ACCEPT_WARN_PERIOD: Duration = Duration::from_secs(10);
 /// Connections the kernel queues for us while the accept loop is busy (capped by the system's
 /// `somaxconn`). The standard library's 128 overflows under a burst of connections, and a
 /// dropped SYN costs the client a one-second retransmission.
-#[cfg(unix)]
-const LISTEN_BACKLOG: libc::c_int = 4096;
+const LISTEN_BACKLOG: i32 = 4096;
 /// Evicted connections whose threads have not ended yet may push the thread count over
 /// `max_clients` by at most this fraction (and at least [`MIN_EVICTION_HEADROOM`]): the threads
 /// end as soon as they see the close, within microseconds when the machine is not overloaded.
@@ -155,34 +150,6 @@ impl Default for ConductorConfig {
             write_timeout: Duration::from_secs(10),
         }
     }
-}
-
-/// Parses a duration written as a whole number and a unit: `500ms`, `30s`, `2m`, `1h`.
-///
-/// A unit is required: a bare `30` is as likely to mean milliseconds as seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{text:?} has no unit; write e.g. 500ms, 30s, 2m or 1h"))?;
-    let (number, unit) = text.split_at(split);
-    if number.is_empty() {
-        return Err(format!("{text:?} does not start with a whole number"));
-    }
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{number:?} is too large"))?;
-    let millis_per_unit = match unit {
-        "ms" => 1,
-        "s" => 1000,
-        "m" => 60 * 1000,
-        "h" => 60 * 60 * 1000,
-        _ => return Err(format!("unknown unit {unit:?}; use ms, s, m or h")),
-    };
-    number
-        .checked_mul(millis_per_unit)
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("{text:?} is too long"))
 }
 
 /// What the per-address caps count by: the IPv4 address, or the /64 network of an IPv6 address
@@ -762,17 +729,9 @@ impl Conductor {
         );
         let listener = TcpListener::bind(config.listen)
             .with_context(|| format!("cannot listen on {}", config.listen))?;
-        #[cfg(unix)]
-        {
-            use std::os::fd::AsRawFd;
-            // SAFETY: calling listen again on a listening socket we own only changes its backlog;
-            // if it fails the standard library's backlog stays, which still works.
-            unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) };
-        }
-        #[cfg(target_os = "linux")]
-        let deferred = defer_accept(&listener, config.first_line_timeout);
-        #[cfg(not(target_os = "linux"))]
-        let deferred = false;
+        // If this fails the standard library's backlog stays, which still works.
+        let _ = net::set_backlog(&listener, LISTEN_BACKLOG);
+        let deferred = net::defer_accept(&listener, config.first_line_timeout);
         let limits = Limits {
             max_swarms: config.max_swarms,
             max_swarm_members: config.max_swarm_members,
@@ -804,7 +763,6 @@ impl Conductor {
     /// Serves forever; returns only if it cannot start.
     pub fn run(self) -> anyhow::Result<()> {
         let config = &self.shared.config;
-        #[cfg(unix)]
         raise_fd_limit(
             hard_cap(config.max_clients)
                 .saturating_add(CLOSER_QUEUE)
@@ -834,12 +792,13 @@ impl Conductor {
                 Err(e) => {
                     // Out of descriptors: shed the longest-waiting connection so that the next
                     // accept finds one free, rather than leaving everyone in the backlog.
-                    #[cfg(unix)]
-                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
-                        && self
-                            .shared
-                            .connections()
-                            .evict(Instant::now(), |_, _, _| Some(()))
+                    if matches!(
+                        rustix::io::Errno::from_io_error(&e),
+                        Some(rustix::io::Errno::MFILE | rustix::io::Errno::NFILE)
+                    ) && self
+                        .shared
+                        .connections()
+                        .evict(Instant::now(), |_, _, _| Some(()))
                     {
                         self.shared.evicted.fetch_add(1, Ordering::Relaxed);
                     }
@@ -873,8 +832,7 @@ impl Conductor {
         }
         // With deferred accept, a connection handed over before it sent anything has been
         // silent for the whole first-line timeout already: it is over its deadline.
-        #[cfg(target_os = "linux")]
-        if shared.deferred && !has_sent(&stream) {
+        if shared.deferred && !net::has_sent(&stream) {
             shared.silent.fetch_add(1, Ordering::Relaxed);
             closer.close(stream);
             return;
@@ -920,72 +878,12 @@ impl Conductor {
     }
 }
 
-/// Every client speaks first, so the kernel need not hand us a connection before its first
-/// bytes arrive: a connection that never sends anything (the bulk of an idle-connection attack)
-/// then costs no thread, no descriptor and no turn in the accept loop, only a small entry in
-/// the kernel, until `wait` has passed. Then the kernel hands it over anyway and the first-line
-/// deadline applies as to any other. Best effort: without it, eviction still copes. True if
-/// the kernel took the option.
-#[cfg(target_os = "linux")]
-fn defer_accept(listener: &TcpListener, wait: Duration) -> bool {
-    use std::os::fd::AsRawFd;
-    let seconds = wait.as_secs().clamp(1, 3600) as libc::c_int;
-    // SAFETY: setsockopt reads an int we own, on a socket we own.
-    let failed = unsafe {
-        libc::setsockopt(
-            listener.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_DEFER_ACCEPT,
-            (&seconds as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    } != 0;
-    if failed {
-        debug!(
-            "cannot defer accepting connections until they send: {}",
-            io::Error::last_os_error()
-        );
-    }
-    !failed
-}
-
-/// Whether the client has sent anything yet (or closed), without blocking.
-#[cfg(target_os = "linux")]
-fn has_sent(stream: &TcpStream) -> bool {
-    use std::os::fd::AsRawFd;
-    let mut byte = 0u8;
-    // SAFETY: peeks at most one byte into a byte we own, on a socket we own, without blocking.
-    let n = unsafe {
-        libc::recv(
-            stream.as_raw_fd(),
-            (&mut byte as *mut u8).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    n >= 0
-}
-
 /// Each client holds a socket, and the usual soft limit of 1024 descriptors would run out before
 /// the client cap is reached (accept would then fail instead of admitting or answering `busy`),
 /// so raise it as far as the hard limit allows.
-#[cfg(unix)]
 fn raise_fd_limit(wanted: usize) {
-    let wanted = wanted as libc::rlim_t;
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit only writes into the struct we pass.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 || limit.rlim_cur >= wanted
-    {
-        return;
-    }
-    let current = limit.rlim_cur;
-    limit.rlim_cur = wanted.min(limit.rlim_max);
-    // SAFETY: setrlimit only reads the struct we pass.
-    let raised = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } == 0;
-    let have = if raised { limit.rlim_cur } else { current };
+    let wanted = wanted as u64;
+    let have = net::raise_fd_limit(wanted);
     if have < wanted {
         warn!("only {have} file descriptors allowed, {wanted} wanted: accepting may fail before the client cap");
     }
@@ -1025,75 +923,8 @@ impl Closer {
 /// call that never blocks: a fresh socket's send buffer is empty.
 fn turn_away(shared: &Shared, stream: &TcpStream) {
     shared.turned_away.fetch_add(1, Ordering::Relaxed);
-    #[cfg(unix)]
-    {
-        use std::os::fd::AsRawFd;
-        const BUSY: &[u8] = b"ERROR busy\n";
-        // SAFETY: sends from a live buffer on a socket we own; the flags make it non-blocking
-        // and keep a closed peer from raising SIGPIPE.
-        unsafe {
-            libc::send(
-                stream.as_raw_fd(),
-                BUSY.as_ptr().cast(),
-                BUSY.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = stream.set_write_timeout(Some(BUSY_WRITE_TIMEOUT));
-        let _ = ConductorReply::Error("busy".into()).write_to(&mut &*stream);
-    }
-}
-
-/// A TCP stream whose reads and writes fail once a deadline passes, however the bytes trickle:
-/// a plain socket timeout restarts with every byte, which would let a client hold a thread
-/// indefinitely by sending, or taking, one byte at a time. It borrows the socket rather than
-/// cloning it, so a client costs one file descriptor.
-struct DeadlineStream<'a> {
-    stream: &'a TcpStream,
-    deadline: Cell<Instant>,
-}
-
-impl DeadlineStream<'_> {
-    fn new(stream: &TcpStream, deadline: Instant) -> DeadlineStream<'_> {
-        DeadlineStream {
-            stream,
-            deadline: Cell::new(deadline),
-        }
-    }
-
-    fn time_left(&self) -> io::Result<Duration> {
-        let left = self
-            .deadline
-            .get()
-            .saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"));
-        }
-        Ok(left)
-    }
-}
-
-impl Read for DeadlineStream<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.stream.set_read_timeout(Some(self.time_left()?))?;
-        let mut stream = self.stream;
-        stream.read(buf)
-    }
-}
-
-impl Write for DeadlineStream<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.stream.set_write_timeout(Some(self.time_left()?))?;
-        let mut stream = self.stream;
-        stream.write(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
+    // A fresh socket's send buffer is empty, so this one call sends it all without blocking.
+    let _ = net::send_now(stream, b"ERROR busy\n");
 }
 
 fn serve_client(slot: ClientSlot, peer: SocketAddr) {
@@ -1129,7 +960,7 @@ fn converse(shared: &Shared, conn: &Conn, peer: SocketAddr) -> Result<(), WireEr
         if !conn.begin_work() {
             return Ok(());
         }
-        writer.deadline.set(Instant::now() + config.write_timeout);
+        writer.set_deadline(Instant::now() + config.write_timeout);
         match request {
             Ok(request) => {
                 let reply = answer(shared, ip, request);
@@ -1150,8 +981,7 @@ fn converse(shared: &Shared, conn: &Conn, peer: SocketAddr) -> Result<(), WireEr
         reader
             .get_ref()
             .get_ref()
-            .deadline
-            .set(now + config.idle_timeout);
+            .set_deadline(now + config.idle_timeout);
     }
 }
 
@@ -1379,27 +1209,6 @@ mod tests {
 
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([10, 0, 0, 1], port))
-    }
-
-    #[test]
-    fn durations_need_a_unit() {
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration(" 1h "), Ok(Duration::from_secs(3600)));
-        for bad in [
-            "30",
-            "",
-            "s",
-            "1.5s",
-            "-1s",
-            "10 s",
-            "3d",
-            "99999999999999999999s",
-        ] {
-            assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
-        }
-        assert!(parse_duration("18446744073709551615h").is_err());
     }
 
     #[test]

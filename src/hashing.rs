@@ -447,17 +447,9 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Tells the kernel we read front to back, so that it reads ahead further on a cold cache.
+/// Advisory: failure is harmless.
 fn advise_sequential(file: &File) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::unix::io::AsRawFd;
-        // SAFETY: a plain advisory call on a descriptor we own; failure is harmless.
-        unsafe {
-            libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = file;
+    let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::Sequential);
 }
 
 #[cfg(test)]

@@ -10,5 +10,7 @@ pub mod conductor;
 pub mod hashing;
 pub mod json;
 pub mod member;
+pub mod net;
 pub mod orch;
+pub mod sync;
 pub mod wire;

@@ -224,33 +224,6 @@ impl<R: BufRead> LineReader<R> {
     }
 }
 
-/// Reads from a socket with a deadline for the whole exchange rather than for each read, so a
-/// peer trickling one byte at a time cannot hold a thread for longer than the deadline.
-pub struct DeadlineReader<'a> {
-    stream: &'a std::net::TcpStream,
-    deadline: std::time::Instant,
-}
-
-impl<'a> DeadlineReader<'a> {
-    pub fn new(stream: &'a std::net::TcpStream, deadline: std::time::Instant) -> Self {
-        DeadlineReader { stream, deadline }
-    }
-}
-
-impl io::Read for DeadlineReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self
-            .deadline
-            .saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"));
-        }
-        self.stream.set_read_timeout(Some(left))?;
-        let mut stream = self.stream;
-        stream.read(buf)
-    }
-}
-
 fn parse_swarm(command: &'static str, text: Option<&str>) -> Result<SwarmId, WireError> {
     text.and_then(Checksum::from_hex)
         .ok_or_else(|| malformed(command, "expected a swarm id of 64 hex digits"))

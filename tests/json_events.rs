@@ -14,7 +14,6 @@ use std::time::Duration;
 use serde_json::Value;
 
 use common::*;
-use torrentnchill::json::{parse_schema, EventSchema};
 use torrentnchill::orch::Orchestra;
 use torrentnchill::wire::{have_map_len, Hello, LineReader, PeerId, PeerMessage};
 
@@ -544,4 +543,75 @@ fn json_lines_reach_a_pipe_as_they_happen() {
         .collect();
     assert_eq!(rest.last().unwrap()["event"], "summary");
     assert!(member.wait_exit(LIMIT).success());
+}
+
+/// The documented shape of one event, read from `docs/JSON.md`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventSchema {
+    /// `member`, `composer` or `conductor`.
+    pub program: String,
+    pub event: String,
+    /// Every key, in the documented order, with its type: `string`, `integer` (whole, ≥ 0),
+    /// `number`, `boolean` or `array`, or `T or null`.
+    pub fields: Vec<(String, String)>,
+}
+
+/// Reads the event tables of `docs/JSON.md`: a `## \`program\`` heading, then for each event a
+/// `### \`event\`` heading followed by a table whose rows are `` | `key` | type | meaning | ``.
+pub fn parse_schema(doc: &str) -> Vec<EventSchema> {
+    fn quoted(text: &str) -> Option<String> {
+        let text = text.trim();
+        let inner = text.strip_prefix('`')?.strip_suffix('`')?;
+        (!inner.is_empty() && !inner.contains('`')).then(|| inner.to_string())
+    }
+    let mut schemas: Vec<EventSchema> = Vec::new();
+    let mut program: Option<String> = None;
+    // The event whose table the next rows belong to.
+    let mut current: Option<EventSchema> = None;
+    for line in doc.lines() {
+        if line.starts_with('#') {
+            schemas.extend(current.take());
+        }
+        if let Some(heading) = line.strip_prefix("## ") {
+            program = quoted(heading);
+        } else if let Some(heading) = line.strip_prefix("### ") {
+            if let (Some(program), Some(event)) = (&program, quoted(heading)) {
+                current = Some(EventSchema {
+                    program: program.clone(),
+                    event,
+                    fields: Vec::new(),
+                });
+            }
+        } else if let (Some(row), Some(schema)) = (line.strip_prefix('|'), current.as_mut()) {
+            let cells: Vec<&str> = row.split('|').collect();
+            if let (Some(key), true) = (quoted(cells[0]), cells.len() >= 3) {
+                schema.fields.push((key, cells[1].trim().to_string()));
+            }
+        }
+    }
+    schemas.extend(current);
+    schemas
+}
+
+#[test]
+fn schema_tables() {
+    let doc = "# t\n## `member`\ntext\n### `start`\n| field | type | meaning |\n|---|---|---|\n\
+               | `event` | string | `\"start\"` |\n| `n` | integer or null | a count |\n\n\
+               ### not an event\n| `x` | string | ignored |\n## `composer`\n### `composed`\n\
+               | `event` | string | x |\n";
+    let schemas = parse_schema(doc);
+    assert_eq!(schemas.len(), 2);
+    assert_eq!(
+        (schemas[0].program.as_str(), schemas[0].event.as_str()),
+        ("member", "start")
+    );
+    assert_eq!(
+        schemas[0].fields,
+        [
+            ("event".to_string(), "string".to_string()),
+            ("n".to_string(), "integer or null".to_string())
+        ]
+    );
+    assert_eq!(schemas[1].program, "composer");
+    assert_eq!(schemas[1].fields.len(), 1);
 }

@@ -5,8 +5,10 @@ use std::fs::{self, OpenOptions};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
 use std::time::Instant;
+use torrentnchill::sync::Mutex;
 
 use anyhow::{anyhow, Context, Result};
 use clap::{CommandFactory, Parser};
@@ -207,14 +209,14 @@ fn run(args: &Args, part_size: Option<u64>, bar_slot: &BarSlot) -> Result<(), Fa
         && file_size >= PROGRESS_BAR_MIN_BYTES
         && std::io::stderr().is_terminal())
     .then(|| progress_bar(file_size));
-    *bar_slot.lock().unwrap() = bar.clone();
+    *bar_slot.lock() = bar.clone();
     let progress = |done: u64| {
         if let Some(bar) = &bar {
             bar.set_position(done);
         }
     };
     let hashes = hash_file(file, file_size, part_size, true, &progress);
-    if let Some(bar) = bar_slot.lock().unwrap().take() {
+    if let Some(bar) = bar_slot.lock().take() {
         bar.finish_and_clear();
     }
     let hashes = hashes.or_exit(exit::DISK)?;

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -12,6 +12,7 @@ use clap::{CommandFactory, Parser};
 use torrentnchill::cli::{self, exit, BarSlot};
 use torrentnchill::conductor::{self, Conductor, ConductorConfig};
 use torrentnchill::json;
+use torrentnchill::sync::Mutex;
 
 /// How long `--stats` waits for the conductor.
 const STATS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -53,7 +54,7 @@ struct Args {
 
     /// How often members re-announce, e.g. 500ms, 30s, 2m. Members silent for about two
     /// intervals are forgotten.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = conductor::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = cli::units::parse_duration)]
     interval: Duration,
 
     /// Most client connections served at once; more are answered `ERROR busy`.
@@ -269,45 +270,5 @@ fn event_for(message: &str) -> Option<json::Event> {
             Some(json::Event::new("expire_more").uint("count", count.parse().ok()?))
         }
         _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The events made from log lines have exactly the fields docs/JSON.md lists.
-    #[test]
-    fn log_lines_become_documented_events() {
-        let schema = json::parse_schema(include_str!("../../docs/JSON.md"));
-        let lines = [
-            ("join 0123456789ab 127.0.0.1:4000", "join"),
-            ("rejoin 0123456789ab [::1]:4000 (new peer id)", "join"),
-            ("leave 0123456789ab 127.0.0.1:4000", "leave"),
-            ("expire 0123456789ab 127.0.0.1:4000", "expire"),
-            ("expired 17 more members", "expire_more"),
-        ];
-        for (line, name) in lines {
-            let event = event_for(line)
-                .unwrap_or_else(|| panic!("{line}"))
-                .into_line();
-            let value: serde_json::Value = serde_json::from_str(&event).unwrap();
-            assert_eq!(value["event"], name);
-            let documented = schema
-                .iter()
-                .find(|s| s.program == "conductor" && s.event == name)
-                .unwrap_or_else(|| panic!("{name} is not in docs/JSON.md"));
-            let keys: Vec<&str> = value
-                .as_object()
-                .unwrap()
-                .keys()
-                .map(|k| k.as_str())
-                .collect();
-            let mut want: Vec<&str> = documented.fields.iter().map(|(k, _)| k.as_str()).collect();
-            want.sort();
-            assert_eq!(keys, want, "{line}");
-        }
-        assert!(event_for("serving on 0.0.0.0:9999: interval 30s").is_none());
-        assert!(event_for("join 0123456789ab not-an-address").is_none());
     }
 }

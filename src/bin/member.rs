@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
 use std::time::{Duration, Instant};
+use torrentnchill::sync::Mutex;
 
 use clap::{CommandFactory, Parser};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -99,7 +101,7 @@ fn main() -> ExitCode {
     } else {
         run(&args, &bar)
     };
-    if let Some(bar) = bar.lock().unwrap().take() {
+    if let Some(bar) = bar.lock().take() {
         bar.finish_and_clear();
     }
     match result {
@@ -126,7 +128,7 @@ fn reading_bar(label: &str, len: u64, slot: &BarSlot) -> ProgressBar {
         .progress_chars("=> "),
     );
     bar.set_draw_target(indicatif::ProgressDrawTarget::stdout());
-    *slot.lock().unwrap() = Some(bar.clone());
+    *slot.lock() = Some(bar.clone());
     bar
 }
 
@@ -159,7 +161,7 @@ fn run(args: &Args, bar_slot: &BarSlot) -> Result<i32, Failure> {
         let _ = ctrlc::set_handler(move || {
             if quit.swap(true, Ordering::SeqCst) {
                 cli::restore_terminal();
-                std::process::exit(130);
+                std::process::exit(exit::INTERRUPTED);
             }
             let _ = wake.send(());
         });
@@ -173,7 +175,7 @@ fn run(args: &Args, bar_slot: &BarSlot) -> Result<i32, Failure> {
         }
     };
     let started_member = Member::start(orch.clone(), config, &on_verify);
-    if let Some(bar) = bar_slot.lock().unwrap().take() {
+    if let Some(bar) = bar_slot.lock().take() {
         bar.finish_and_clear();
     }
     let (member, events) = started_member.map_err(|e| (e.kind.exit_code(), e.error))?;
@@ -201,10 +203,12 @@ fn run(args: &Args, bar_slot: &BarSlot) -> Result<i32, Failure> {
         .then(|| {
             let quit = Arc::clone(&quit);
             cli::KeyReader::start(move |key| {
-                if key == b'q' || key == b'Q' {
-                    quit.store(true, Ordering::SeqCst);
-                    let _ = wake.send(());
+                // Ctrl-C in raw mode is a key, not a signal: the same as SIGINT.
+                if quit.swap(true, Ordering::SeqCst) && key == cli::Key::Interrupt {
+                    cli::restore_terminal();
+                    std::process::exit(exit::INTERRUPTED);
                 }
+                let _ = wake.send(());
             })
         })
         .flatten();
@@ -228,7 +232,7 @@ fn run(args: &Args, bar_slot: &BarSlot) -> Result<i32, Failure> {
             ));
         }
         bar.enable_steady_tick(Duration::from_millis(200));
-        *bar_slot.lock().unwrap() = Some(bar);
+        *bar_slot.lock() = Some(bar);
     }
 
     let mut view = View {
@@ -249,7 +253,7 @@ fn run(args: &Args, bar_slot: &BarSlot) -> Result<i32, Failure> {
         if status.phase == Phase::Sharing {
             clock.finished(now);
         }
-        if let Some(bar) = bar_slot.lock().unwrap().as_ref() {
+        if let Some(bar) = bar_slot.lock().as_ref() {
             bar.set_length(status.bytes_total.max(1));
             bar.set_position(status.bytes_done);
             bar.set_message(bar_message(&status, &meter));
@@ -270,7 +274,7 @@ fn run(args: &Args, bar_slot: &BarSlot) -> Result<i32, Failure> {
                     member.finish_uploads(Duration::from_secs(2));
                     break Ok(exit::OK);
                 }
-                if let Some(bar) = bar_slot.lock().unwrap().as_ref() {
+                if let Some(bar) = bar_slot.lock().as_ref() {
                     bar.println(format!(
                         "{} is complete and verified; sharing it. Press q to quit.",
                         file.display()
@@ -286,7 +290,7 @@ fn run(args: &Args, bar_slot: &BarSlot) -> Result<i32, Failure> {
     };
 
     member.quit(Duration::from_millis(700));
-    if let Some(bar) = bar_slot.lock().unwrap().take() {
+    if let Some(bar) = bar_slot.lock().take() {
         bar.finish_and_clear();
     }
     drop(keys);
@@ -460,7 +464,7 @@ impl View {
             line.print();
             return;
         }
-        let bar = bar_slot.lock().unwrap();
+        let bar = bar_slot.lock();
         let Some(bar) = bar.as_ref() else { return };
         match event {
             Event::ConductorUnreachable { error, retry_in } if !self.conductor_down => {
@@ -590,7 +594,7 @@ fn check(args: &Args, bar_slot: &BarSlot) -> Result<i32, Failure> {
         }
     };
     let report = file_check::check(&args.dir, &orch, &progress);
-    if let Some(bar) = bar_slot.lock().unwrap().take() {
+    if let Some(bar) = bar_slot.lock().take() {
         bar.finish_and_clear();
     }
     let report = report.map_err(|e| (exit::DISK, e))?;
@@ -602,11 +606,6 @@ fn check(args: &Args, bar_slot: &BarSlot) -> Result<i32, Failure> {
         exit::FAILURE
     };
     if args.json {
-        let bad: Vec<String> = report
-            .bad
-            .iter()
-            .map(|(a, b)| format!("[{a},{b}]"))
-            .collect();
         let event = json::Event::new("check")
             .str("orch", &orch_path.display().to_string())
             .str("file", &report.path.display().to_string())
@@ -614,7 +613,7 @@ fn check(args: &Args, bar_slot: &BarSlot) -> Result<i32, Failure> {
             .uint("size", report.size)
             .uint("parts_total", u64::from(report.parts_total))
             .uint("parts_valid", u64::from(report.parts_valid()))
-            .raw("bad", &format!("[{}]", bad.join(",")));
+            .value("bad", serde_json::json!(report.bad));
         let event = match report.file_checksum_ok {
             Some(ok) => event.bool("file_checksum_ok", ok),
             None => event.null("file_checksum_ok"),

@@ -20,9 +20,7 @@ use anyhow::{anyhow, bail, Result};
 use super::picker::Bitfield;
 use super::{Event, Shared};
 use crate::orch::Checksum;
-use crate::wire::{
-    have_map_len, DeadlineReader, Hello, LineReader, PeerId, PeerMessage, WireError, MAX_PEX,
-};
+use crate::wire::{have_map_len, Hello, LineReader, PeerId, PeerMessage, WireError, MAX_PEX};
 
 /// How long a new connection may take to say `HELLO`.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -326,7 +324,7 @@ fn run(
     let hello_deadline = Instant::now() + HANDSHAKE_TIMEOUT;
     let mut hello = LineReader::new(BufReader::with_capacity(
         1,
-        DeadlineReader::new(&stream, hello_deadline),
+        crate::net::DeadlineStream::new(&stream, hello_deadline),
     ));
     let theirs = Hello::parse(hello.read_line()?)?;
     let mut reader = LineReader::new(BufReader::with_capacity(256 << 10, stream.try_clone()?));

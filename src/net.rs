@@ -1,0 +1,258 @@
+//! Sockets: one deadline mechanism for every exchange, and the socket options and system calls
+//! the programs need that `std::net` lacks.
+//!
+//! Why a module of its own: the conductor, the member's peer links and the client calls all
+//! need the same two things, a deadline that a peer trickling one byte at a time cannot stretch,
+//! and a few Linux socket options. Kept here, each exists once, behind a safe function; the one
+//! option no well-kept crate wraps (`TCP_DEFER_ACCEPT`) is the only `unsafe` call.
+
+use std::cell::Cell;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+/// A TCP stream whose reads and writes fail with [`io::ErrorKind::TimedOut`] once a deadline
+/// passes, however the bytes trickle: a plain socket timeout restarts with every byte, which
+/// would let a peer hold a thread indefinitely by sending, or taking, one byte at a time. It
+/// borrows the socket rather than cloning it, so a connection costs one file descriptor.
+///
+/// The deadline can be moved ([`DeadlineStream::set_deadline`]) between exchanges, so one
+/// reader serves a whole conversation: a first-line deadline, then one per request.
+pub struct DeadlineStream<'a> {
+    stream: &'a TcpStream,
+    deadline: Cell<Instant>,
+}
+
+impl<'a> DeadlineStream<'a> {
+    pub fn new(stream: &'a TcpStream, deadline: Instant) -> DeadlineStream<'a> {
+        DeadlineStream {
+            stream,
+            deadline: Cell::new(deadline),
+        }
+    }
+
+    /// A stream whose deadline is `timeout` from now.
+    pub fn within(stream: &'a TcpStream, timeout: Duration) -> DeadlineStream<'a> {
+        DeadlineStream::new(stream, Instant::now() + timeout)
+    }
+
+    pub fn set_deadline(&self, deadline: Instant) {
+        self.deadline.set(deadline);
+    }
+
+    pub fn stream(&self) -> &'a TcpStream {
+        self.stream
+    }
+
+    fn time_left(&self) -> io::Result<Duration> {
+        let left = self
+            .deadline
+            .get()
+            .saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"));
+        }
+        Ok(left)
+    }
+}
+
+impl Read for DeadlineStream<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.set_read_timeout(Some(self.time_left()?))?;
+        (&mut &*self.stream).read(buf)
+    }
+}
+
+impl Write for DeadlineStream<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.set_write_timeout(Some(self.time_left()?))?;
+        (&mut &*self.stream).write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Keeps at most `bytes` queued unsent in the kernel (`TCP_NOTSENT_LOWAT`), so that a short
+/// message written after bulk data leaves soon, not after megabytes of queued bytes on a slow
+/// uplink. Best effort: without it everything still works, with more latency.
+pub fn limit_unsent(stream: &TcpStream, bytes: u32) {
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_notsent_lowat(bytes) {
+        log::debug!("cannot limit unsent bytes: {e}");
+    }
+}
+
+/// Sets the length of the queue of connections the kernel completes before `accept` takes them
+/// (capped by the system's `somaxconn`). The standard library's 128 overflows under a burst of
+/// connections, and a dropped SYN costs the client a one-second retransmission.
+pub fn set_backlog(listener: &TcpListener, backlog: i32) -> io::Result<()> {
+    socket2::SockRef::from(listener).listen(backlog)
+}
+
+/// Asks the kernel to hand over a connection only once its first bytes arrive, or `wait` has
+/// passed (`TCP_DEFER_ACCEPT`). For protocols where the client speaks first, a connection that
+/// never sends then costs no thread and no turn of the accept loop. True if the kernel took it.
+#[cfg(target_os = "linux")]
+pub fn defer_accept(listener: &TcpListener, wait: Duration) -> bool {
+    use std::os::fd::AsRawFd;
+    let seconds = wait.as_secs().clamp(1, 3600) as libc::c_int;
+    // SAFETY: setsockopt reads one c_int that lives on this stack frame, of the size given, on
+    // a socket the listener keeps open for the duration of the call. Neither rustix nor socket2
+    // wraps TCP_DEFER_ACCEPT.
+    let failed = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&seconds as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    } != 0;
+    if failed {
+        log::debug!(
+            "cannot defer accepting connections until they send: {}",
+            io::Error::last_os_error()
+        );
+    }
+    !failed
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn defer_accept(_listener: &TcpListener, _wait: Duration) -> bool {
+    false
+}
+
+/// Whether the other side has sent anything yet (or closed), without blocking or consuming it.
+pub fn has_sent(stream: &TcpStream) -> bool {
+    use rustix::net::RecvFlags;
+    let mut byte = [0u8; 1];
+    rustix::net::recv(stream, &mut byte, RecvFlags::PEEK | RecvFlags::DONTWAIT).is_ok()
+}
+
+/// Sends what fits in the socket's buffer now, never blocking and never raising SIGPIPE.
+pub fn send_now(stream: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    use rustix::net::SendFlags;
+    Ok(rustix::net::send(
+        stream,
+        bytes,
+        SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+    )?)
+}
+
+/// Sends `len` bytes of `file` from `offset` with `sendfile`, so file data goes from the page
+/// cache to the socket without passing through our memory. The socket's own timeouts apply.
+pub fn send_file(stream: &TcpStream, file: &File, offset: u64, len: usize) -> io::Result<()> {
+    let mut position = offset;
+    let mut left = len;
+    while left > 0 {
+        match rustix::fs::sendfile(stream, file, Some(&mut position), left) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the file ended while sending from it",
+                ))
+            }
+            Ok(sent) => left = left.saturating_sub(sent),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Raises this process's soft limit on open files towards `wanted` (as far as the hard limit
+/// allows), and returns the limit in force afterwards.
+pub fn raise_fd_limit(wanted: u64) -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    let current = limit.current.unwrap_or(u64::MAX);
+    if current >= wanted {
+        return current;
+    }
+    let target = limit.maximum.map_or(wanted, |max| wanted.min(max));
+    limit.current = Some(target);
+    match setrlimit(Resource::Nofile, limit) {
+        Ok(()) => target,
+        Err(_) => current,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (server, client)
+    }
+
+    #[test]
+    fn a_deadline_bounds_the_whole_exchange() {
+        let (server, mut client) = pair();
+        client.write_all(b"ab").unwrap();
+        let mut reader = DeadlineStream::within(&server, Duration::from_millis(300));
+        let mut buf = [0u8; 2];
+        reader.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"ab");
+        // Nothing more comes: the read fails at the deadline, not later.
+        let started = Instant::now();
+        let error = reader.read(&mut buf).unwrap_err();
+        assert!(
+            matches!(
+                error.kind(),
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+            ),
+            "{error}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // Once passed, it fails at once, and a new deadline revives it.
+        reader.set_deadline(Instant::now());
+        assert_eq!(
+            reader.read(&mut buf).unwrap_err().kind(),
+            io::ErrorKind::TimedOut
+        );
+        reader.set_deadline(Instant::now() + Duration::from_secs(5));
+        client.write_all(b"c").unwrap();
+        assert_eq!(reader.read(&mut buf).unwrap(), 1);
+    }
+
+    #[test]
+    fn peeks_and_non_blocking_sends() {
+        let (server, mut client) = pair();
+        assert!(!has_sent(&server));
+        client.write_all(b"x").unwrap();
+        let started = Instant::now();
+        while !has_sent(&server) && started.elapsed() < Duration::from_secs(5) {
+            std::thread::yield_now();
+        }
+        assert!(has_sent(&server));
+        assert_eq!(send_now(&server, b"busy\n").unwrap(), 5);
+        let mut buf = [0u8; 5];
+        client.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"busy\n");
+    }
+
+    #[test]
+    fn sends_a_file_range() {
+        let (server, mut client) = pair();
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(b"0123456789").unwrap();
+        send_file(&server, &file, 3, 4).unwrap();
+        let mut buf = [0u8; 4];
+        client.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"3456");
+        assert!(send_file(&server, &file, 8, 4).is_err());
+    }
+
+    #[test]
+    fn the_fd_limit_never_goes_down() {
+        let before = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .unwrap_or(u64::MAX);
+        assert!(raise_fd_limit(16) >= before.min(16));
+    }
+}
