@@ -9,7 +9,7 @@
 use std::cell::Cell;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 /// A TCP stream whose reads and writes fail with [`io::ErrorKind::TimedOut`] once a deadline
@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 pub struct DeadlineStream<'a> {
     stream: &'a TcpStream,
     deadline: Cell<Instant>,
+    /// Longest wait for any one read or write, within the deadline: a peer silent for this
+    /// long fails even when the deadline is further away.
+    idle: Cell<Option<Duration>>,
 }
 
 impl<'a> DeadlineStream<'a> {
@@ -29,6 +32,7 @@ impl<'a> DeadlineStream<'a> {
         DeadlineStream {
             stream,
             deadline: Cell::new(deadline),
+            idle: Cell::new(None),
         }
     }
 
@@ -39,6 +43,10 @@ impl<'a> DeadlineStream<'a> {
 
     pub fn set_deadline(&self, deadline: Instant) {
         self.deadline.set(deadline);
+    }
+
+    pub fn set_idle_timeout(&self, idle: Option<Duration>) {
+        self.idle.set(idle);
     }
 
     pub fn stream(&self) -> &'a TcpStream {
@@ -53,7 +61,7 @@ impl<'a> DeadlineStream<'a> {
         if left.is_zero() {
             return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"));
         }
-        Ok(left)
+        Ok(self.idle.get().map_or(left, |idle| idle.min(left)))
     }
 }
 
@@ -73,6 +81,57 @@ impl Write for DeadlineStream<'_> {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// Connects to `addr` within `timeout`, giving up early once `cancelled` says so (checked every
+/// tenth of a second), so that a thread dialing a peer that never answers does not hold up a
+/// shutdown for the whole timeout.
+pub fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+    cancelled: &dyn Fn() -> bool,
+) -> io::Result<TcpStream> {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    use socket2::{Domain, Protocol, Socket, Type};
+    const SLICE: Duration = Duration::from_millis(100);
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_nonblocking(true)?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e)
+            if e.raw_os_error() == Some(rustix::io::Errno::INPROGRESS.raw_os_error())
+                || e.kind() == io::ErrorKind::WouldBlock => {}
+        Err(e) => return Err(e),
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cancelled() {
+            return Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled"));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "connection timed out",
+            ));
+        }
+        let wait = left.min(SLICE);
+        let wait = Timespec {
+            tv_sec: 0,
+            tv_nsec: wait.subsec_nanos().into(),
+        };
+        let mut fds = [PollFd::new(&socket, PollFlags::OUT)];
+        match poll(&mut fds, Some(&wait)) {
+            Ok(0) | Err(rustix::io::Errno::INTR) => continue,
+            Ok(_) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if let Some(error) = socket.take_error()? {
+        return Err(error);
+    }
+    socket.set_nonblocking(false)?;
+    Ok(socket.into())
 }
 
 /// Keeps at most `bytes` queued unsent in the kernel (`TCP_NOTSENT_LOWAT`), so that a short
@@ -218,6 +277,29 @@ mod tests {
         reader.set_deadline(Instant::now() + Duration::from_secs(5));
         client.write_all(b"c").unwrap();
         assert_eq!(reader.read(&mut buf).unwrap(), 1);
+    }
+
+    #[test]
+    fn connects_and_gives_up_when_cancelled() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stream = connect(addr, Duration::from_secs(5), &|| false).unwrap();
+        assert_eq!(stream.peer_addr().unwrap(), addr);
+        drop(listener);
+        // Nothing listens there any more: refused, not timed out.
+        assert!(connect(addr, Duration::from_secs(5), &|| false).is_err());
+        let error = connect(addr, Duration::from_secs(5), &|| true).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::Interrupted);
+    }
+
+    #[test]
+    fn an_idle_timeout_ends_a_silent_wait_before_the_deadline() {
+        let (server, _client) = pair();
+        let mut reader = DeadlineStream::within(&server, Duration::from_secs(30));
+        reader.set_idle_timeout(Some(Duration::from_millis(100)));
+        let started = Instant::now();
+        assert!(reader.read(&mut [0u8; 1]).is_err());
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 
     #[test]

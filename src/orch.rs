@@ -155,6 +155,14 @@ fn err(line: usize, kind: OrchErrorKind) -> OrchError {
     OrchError { line, kind }
 }
 
+/// Where one part lies in the file: the one type for part offset and length arithmetic, made
+/// only by [`Orchestra::part_span`], so that every offset comes from checked arithmetic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub offset: u64,
+    pub len: usize,
+}
+
 /// The parsed, validated contents of a `.orch`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Orchestra {
@@ -333,14 +341,39 @@ impl Orchestra {
         self.part_checksums.len() as u32
     }
 
-    /// Byte offset and length of part `index`, or None when out of range.
-    pub fn part_span(&self, index: u32) -> Option<(u64, usize)> {
+    /// Where part `index` lies in the file, or None when out of range.
+    pub fn part_span(&self, index: u32) -> Option<Span> {
         if index >= self.part_count() {
             return None;
         }
         let offset = u64::from(index).checked_mul(self.part_size)?;
         let len = self.file_size.checked_sub(offset)?.min(self.part_size);
-        Some((offset, len as usize))
+        Some(Span {
+            offset,
+            // At most the part size, which the parser bounds to 64 MiB.
+            len: usize::try_from(len).ok()?,
+        })
+    }
+
+    /// Length of part `index` (0 when out of range), for decoders that check a `PIECE` length.
+    pub fn part_len(&self, index: u32) -> usize {
+        self.part_span(index).map_or(0, |span| span.len)
+    }
+
+    /// Bytes in `parts_done` parts, given whether the last (short) part is among them.
+    pub fn bytes_in(&self, parts_done: u32, has_last: bool) -> u64 {
+        let last = self.part_count().checked_sub(1);
+        let last_len = last
+            .and_then(|i| self.part_span(i))
+            .map_or(0, |s| s.len as u64);
+        let full_parts = u64::from(parts_done.saturating_sub(u32::from(has_last)));
+        let bytes = full_parts.saturating_mul(self.part_size);
+        if has_last {
+            bytes.saturating_add(last_len)
+        } else {
+            bytes
+        }
+        .min(self.file_size)
     }
 
     /// Length of the largest part (the buffer a member needs per part).
@@ -502,7 +535,16 @@ mod tests {
         let o = sample();
         assert_eq!(Orchestra::parse(&o.to_text()).unwrap(), o);
         assert_eq!(o.part_count(), 3);
-        assert_eq!(o.part_span(2), Some((32768, 40_000 - 32768)));
+        assert_eq!(
+            o.part_span(2),
+            Some(Span {
+                offset: 32768,
+                len: 40_000 - 32768
+            })
+        );
+        assert_eq!(o.bytes_in(2, false), 2 * 16384);
+        assert_eq!(o.bytes_in(3, true), 40_000);
+        assert_eq!(o.bytes_in(1, true), 40_000 - 32768);
         assert_eq!(o.part_span(3), None);
     }
 

@@ -57,20 +57,21 @@ impl Condvar {
         (guard, result.timed_out())
     }
 
-    /// Waits until `done` holds or `deadline` passes; returns the guard and whether `done` held.
-    pub fn wait_until<'a, T>(
+    /// Waits until `done` holds or `deadline` passes, then releases the lock; returns whether
+    /// `done` held.
+    pub fn wait_until<T>(
         &self,
-        mut guard: MutexGuard<'a, T>,
+        mut guard: MutexGuard<'_, T>,
         deadline: Instant,
         mut done: impl FnMut(&mut T) -> bool,
-    ) -> (MutexGuard<'a, T>, bool) {
+    ) -> bool {
         loop {
             if done(&mut guard) {
-                return (guard, true);
+                return true;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return (guard, false);
+                return false;
             }
             guard = self.wait_timeout(guard, left).0;
         }
@@ -82,6 +83,17 @@ impl Condvar {
 
     pub fn notify_one(&self) {
         self.0.notify_one();
+    }
+}
+
+/// The text a thread panicked with, for the error that reports it.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_string()
     }
 }
 
@@ -113,12 +125,10 @@ mod tests {
             setter.1.notify_all();
         });
         let deadline = Instant::now() + Duration::from_secs(10);
-        let (guard, done) = pair.1.wait_until(pair.0.lock(), deadline, |set| *set);
-        drop(guard);
+        let done = pair.1.wait_until(pair.0.lock(), deadline, |set| *set);
         assert!(done);
         thread.join().unwrap();
-        let (guard, done) = pair.1.wait_until(pair.0.lock(), Instant::now(), |_| false);
-        drop(guard);
+        let done = pair.1.wait_until(pair.0.lock(), Instant::now(), |_| false);
         assert!(!done);
     }
 }

@@ -165,7 +165,7 @@ fn lie(
             .as_bytes(),
     )?;
     out.write_all(&map)?;
-    let part_len = |i: u32| orch.part_span(i).map_or(0, |(_, len)| len);
+    let part_len = |i: u32| orch.part_len(i);
     loop {
         let line = reader.read_line()?.to_string();
         match PeerMessage::parse(&line, parts, part_len)? {

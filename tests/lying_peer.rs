@@ -168,7 +168,8 @@ impl Drop for Liar {
 
 impl LiarState {
     fn part(&self, index: u32) -> &[u8] {
-        let (offset, len) = self.orch.part_span(index).unwrap();
+        let span = self.orch.part_span(index).unwrap();
+        let (offset, len) = (span.offset, span.len);
         &self.data[offset as usize..offset as usize + len]
     }
 
@@ -260,7 +261,7 @@ fn converse(state: &LiarState, stream: &TcpStream) -> std::io::Result<()> {
         }
     }
 
-    let part_len = |i: u32| orch.part_span(i).map_or(0, |(_, len)| len);
+    let part_len = |i: u32| orch.part_len(i);
     let mut requested = Vec::new();
     let mut got_their_map = false;
     let mut last_sent = Instant::now();

@@ -428,7 +428,8 @@ proptest! {
         // The parts tile the file exactly.
         let mut next = 0u64;
         for i in 0..o.part_count() {
-            let (offset, len) = o.part_span(i).unwrap();
+            let span = o.part_span(i).unwrap();
+            let (offset, len) = (span.offset, span.len);
             prop_assert_eq!(offset, next);
             prop_assert!(len >= 1 && len as u64 <= o.part_size);
             prop_assert!(len <= o.max_part_len());

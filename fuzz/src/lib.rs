@@ -8,7 +8,7 @@
 
 use std::io::BufReader;
 
-use torrentnchill::member::picker::Bitfield;
+use torrentnchill::member::bitfield::Bitfield;
 use torrentnchill::orch::{Orchestra, MAX_PARTS, MAX_PART_SIZE, MIN_PART_SIZE};
 use torrentnchill::wire::{
     have_map_len, ConductorReply, ConductorRequest, Hello, LineReader, PeerMessage, WireError,
@@ -44,7 +44,8 @@ pub fn orch_parse(data: &[u8]) {
     // The parts tile the file exactly.
     let mut end = 0u64;
     for index in 0..orch.part_count() {
-        let (offset, len) = orch.part_span(index).expect("every part has a span");
+        let span = orch.part_span(index).expect("every part has a span");
+        let (offset, len) = (span.offset, span.len);
         assert_eq!(offset, end);
         assert!(len > 0 && len <= orch.max_part_len());
         end += len as u64;

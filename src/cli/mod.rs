@@ -111,6 +111,20 @@ pub fn is_interactive() -> bool {
     std::io::stdin().is_terminal() && std::io::stdout().is_terminal()
 }
 
+/// A bar for reading a whole file (`label [====>  ] 42% 1.2 GiB/s ETA 3s`), put in `slot` so
+/// that log lines print above it.
+pub fn reading_bar(label: &str, len: u64, slot: &BarSlot) -> indicatif::ProgressBar {
+    let style = indicatif::ProgressStyle::with_template(&format!(
+        "{label} [{{bar:30}}] {{percent}}% {{binary_bytes_per_sec}} ETA {{eta}}"
+    ))
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    let bar = indicatif::ProgressBar::new(len).with_style(style);
+    bar.set_draw_target(indicatif::ProgressDrawTarget::stdout());
+    *slot.lock() = Some(bar.clone());
+    bar
+}
+
 /// Reports a failure (see [`exit::Failure::report`]); the exit code to end with.
 pub fn report_failure(json: bool, code: i32, error: &anyhow::Error) -> std::process::ExitCode {
     let message = format!("{error:#}").replace('\n', " ");

@@ -5,6 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+use serde::Serialize;
+
+use crate::cli::exit;
 use crate::hashing;
 use crate::member::storage::Paths;
 use crate::orch::Orchestra;
@@ -47,6 +50,92 @@ impl CheckReport {
     pub fn orch_is_inconsistent(&self) -> bool {
         self.bad.is_empty() && self.file_checksum_ok == Some(false)
     }
+
+    /// The exit code of `member --check`: 0 complete and valid, 3 the .orch contradicts
+    /// itself, 1 damaged or unfinished.
+    pub fn exit_code(&self, orch: &Orchestra) -> i32 {
+        if self.is_complete(orch) {
+            exit::OK
+        } else if self.orch_is_inconsistent() {
+            exit::BAD_ORCH
+        } else {
+            exit::FAILURE
+        }
+    }
+
+    /// What `--check` says about the file, in one line.
+    pub fn describe(&self, orch: &Orchestra) -> String {
+        let path = self.path.display();
+        let total = self.parts_total;
+        if self.is_complete(orch) {
+            return format!(
+                "{path}: complete and valid: all {total} parts and the whole file's SHA-256 match"
+            );
+        }
+        if self.orch_is_inconsistent() {
+            return format!(
+                "{path}: every part matches but the whole file's SHA-256 does not: the .orch is \
+                 inconsistent"
+            );
+        }
+        let mut line = format!("{path}: {} of {total} parts valid", self.parts_valid());
+        if !self.bad.is_empty() {
+            line.push_str(&format!(
+                "; {} bad or missing: {}",
+                self.parts_bad(),
+                describe_ranges(&self.bad, 20)
+            ));
+        }
+        if self.size != orch.file_size && !self.partial {
+            line.push_str(&format!(
+                "; it is {} bytes, the .orch says {}",
+                self.size, orch.file_size
+            ));
+        }
+        line.push_str(if self.partial {
+            " (an unfinished download: run member to fetch the rest)"
+        } else {
+            " (damaged: move it away and run member to fetch a good copy)"
+        });
+        line
+    }
+
+    /// The `check` event of `member --check --json` (docs/JSON.md).
+    pub fn event<'a>(
+        &'a self,
+        orch: &Orchestra,
+        orch_path: &'a Path,
+        seconds: f64,
+    ) -> CheckEvent<'a> {
+        CheckEvent {
+            orch: orch_path.display().to_string(),
+            file: self.path.display().to_string(),
+            partial: self.partial,
+            size: self.size,
+            parts_total: self.parts_total,
+            parts_valid: self.parts_valid(),
+            bad: &self.bad,
+            file_checksum_ok: self.file_checksum_ok,
+            complete: self.is_complete(orch),
+            seconds,
+        }
+    }
+}
+
+/// `{"event":"check",...}`: what `member --check --json` prints.
+#[derive(Debug, Serialize)]
+#[serde(tag = "event", rename = "check")]
+pub struct CheckEvent<'a> {
+    pub orch: String,
+    pub file: String,
+    pub partial: bool,
+    pub size: u64,
+    pub parts_total: u32,
+    pub parts_valid: u32,
+    pub bad: &'a [(u32, u32)],
+    pub file_checksum_ok: Option<bool>,
+    pub complete: bool,
+    pub seconds: f64,
 }
 
 /// Checks `DIR/FILENAME`, or `DIR/FILENAME.part` when only that exists, against `orch`.

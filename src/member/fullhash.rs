@@ -9,13 +9,14 @@
 //! moments after the last part.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use super::Shared;
+use super::shared::{OnPanic, Shared};
 use crate::orch::Checksum;
+use crate::sync::{Condvar, Mutex};
 
 /// Most bytes of handed-over parts held while waiting for the parts before them.
 const MAX_PENDING_BYTES: usize = 24 << 20;
@@ -44,7 +45,7 @@ impl FullHasher {
     /// A part was verified and stored (call before marking it as ours). Takes `buffer` when the hasher will want it soon, and
     /// returns a buffer for the caller's next part (its own back, or a spare).
     pub fn part_done(&self, index: u32, buffer: Vec<u8>) -> Vec<u8> {
-        let mut state = self.state.lock().unwrap();
+        let mut state = self.state.lock();
         state.generation += 1;
         // Only parts close enough to the front to be hashed soon are worth holding.
         let ahead = MAX_PENDING_BYTES / buffer.len().max(1);
@@ -67,7 +68,7 @@ impl FullHasher {
 
     /// Waits for the whole-file checksum; `None` if shutdown came first.
     pub fn wait(&self, shared: &Shared) -> Option<Result<Checksum, String>> {
-        let mut state = self.state.lock().unwrap();
+        let mut state = self.state.lock();
         loop {
             if let Some(result) = &state.result {
                 return Some(result.clone());
@@ -78,28 +79,30 @@ impl FullHasher {
             state = self
                 .changed
                 .wait_timeout(state, Duration::from_millis(200))
-                .unwrap()
                 .0;
         }
     }
 
+    /// Wakes the thread and whoever waits for the result (the member is shutting down).
+    pub fn wake(&self) {
+        self.changed.notify_all();
+    }
+
     /// Starts the thread that follows the verified prefix.
     pub fn start(shared: &Arc<Shared>) -> std::io::Result<()> {
-        let shared = Arc::clone(shared);
-        std::thread::Builder::new()
-            .name("full-hash".into())
-            .spawn(move || {
-                let result = follow_prefix(&shared);
-                let hasher = &shared.full_hash;
-                let mut state = hasher.state.lock().unwrap();
-                state.pending.clear();
-                state.pending_bytes = 0;
-                if let Some(result) = result {
-                    state.result = Some(result);
-                }
-                hasher.changed.notify_all();
-            })?;
-        Ok(())
+        let for_thread = Arc::clone(shared);
+        shared.spawn("full-hash", OnPanic::Fail, move || {
+            let shared = for_thread;
+            let result = follow_prefix(&shared);
+            let hasher = &shared.full_hash;
+            let mut state = hasher.state.lock();
+            state.pending.clear();
+            state.pending_bytes = 0;
+            if let Some(result) = result {
+                state.result = Some(result);
+            }
+            hasher.changed.notify_all();
+        })
     }
 }
 
@@ -112,12 +115,12 @@ fn follow_prefix(shared: &Shared) -> Option<Result<Checksum, String>> {
     let mut next = 0;
     while next < parts {
         let generation = {
-            let mut state = hasher.state.lock().unwrap();
+            let mut state = hasher.state.lock();
             if let Some(buffer) = state.pending.remove(&next) {
                 state.pending_bytes -= buffer.len();
                 drop(state);
                 sha.update(&buffer);
-                let mut state = hasher.state.lock().unwrap();
+                let mut state = hasher.state.lock();
                 state.spare.push(buffer);
                 next += 1;
                 state.next = next;
@@ -125,28 +128,27 @@ fn follow_prefix(shared: &Shared) -> Option<Result<Checksum, String>> {
             }
             state.generation
         };
-        if shared.picker.lock().unwrap().have().get(next) {
-            let Some((offset, len)) = shared.orch.part_span(next) else {
-                unreachable!("next < part count");
+        if shared.picker.lock().have().get(next) {
+            let Some(span) = shared.orch.part_span(next) else {
+                return Some(Err(format!("part {next} is not in the file")));
             };
-            read_back.resize(len, 0);
-            if let Err(e) = shared.storage.read_at(offset, &mut read_back) {
+            read_back.resize(span.len, 0);
+            if let Err(e) = shared.storage.read_at(span.offset, &mut read_back) {
                 return Some(Err(format!(
                     "cannot read {} back: {e}",
-                    shared.paths.partial.display()
+                    shared.storage.name()
                 )));
             }
             sha.update(&read_back);
             next += 1;
-            hasher.state.lock().unwrap().next = next;
+            hasher.state.lock().next = next;
             continue;
         }
-        let state = hasher.state.lock().unwrap();
+        let state = hasher.state.lock();
         if state.generation == generation {
             let _ = hasher
                 .changed
-                .wait_timeout(state, Duration::from_millis(200))
-                .unwrap();
+                .wait_timeout(state, Duration::from_millis(200));
         }
         if shared.is_shutting_down() {
             return None;

@@ -1,46 +1,59 @@
 //! A member of a swarm: fetches the parts it lacks from peers, verifies each one, and serves
 //! every part it has to anyone who asks, from its first verified part to the moment it quits.
 //!
-//! Threads, all blocking:
-//! - a listener thread accepts peers ([`peer::listen`]);
-//! - each peer connection has a reader thread, which owns the conversation, and a writer thread,
-//!   which drains its outbox; two threads because two members uploading to each other over
-//!   blocking sockets would otherwise both block in `write` and never read ([`peer`]);
-//! - a tracker thread announces to the conductor and a connector thread dials new peers
-//!   ([`tracker`]);
-//! - a finisher thread checks the whole file once the last part is in.
+//! [`Member::start`] returns a handle: [`Member::status`] for a snapshot, a channel of
+//! [`Event`]s, and [`Member::quit`], which leaves the swarm and returns once every thread the
+//! member started has ended (dropping the handle quits too). [`session`] drives a handle the way
+//! the `member` program does (progress, quitting, the summary) for any [`session::Report`].
 //!
-//! They share one [`Shared`]: the piece picker behind a mutex, the table of live peers, counters
-//! and the shutdown signal. Nothing holds a lock across network or disk I/O.
+//! Layout: [`shared`] is the state all threads share and their lifecycle; [`peer`] is one
+//! connection (handshake, reader, writer, outbox, listener); [`swarm`] finds peers (address
+//! book, announcer, dialer); [`picker`] keeps the facts behind every request and [`policy`]
+//! chooses the part; [`requests`] is one connection's requests in flight; [`storage`] keeps
+//! the file (on disk, or in memory for tests); [`fullhash`] checks the whole file while it
+//! arrives; [`spread`] is an origin seeder's policy; [`check`] is the offline `--check`.
 
+pub mod bitfield;
 pub mod check;
 pub mod fullhash;
 pub mod peer;
 pub mod picker;
+pub mod policy;
+pub mod progress;
+pub mod report;
+pub mod requests;
+pub mod session;
+pub mod shared;
 pub mod spread;
 pub mod storage;
-pub mod tracker;
+pub mod swarm;
 
-use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use crate::cli::exit;
 use crate::orch::{Orchestra, SwarmId};
-use crate::wire::PeerId;
-use peer::PeerLink;
 use picker::Picker;
-use storage::{Paths, Storage};
+use policy::PolicyKind;
+use shared::Shared;
+use storage::{FileStorageFactory, StorageFactory};
+
+/// Most peer connections a member opens, and most that peers open to it, unless told otherwise.
+pub const DEFAULT_MAX_PEERS: usize = 32;
+/// A peer that sends nothing we asked for for this long is dropped, unless told otherwise.
+pub const DEFAULT_PEER_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How a member is run; the `member` binary fills this from its flags.
 #[derive(Clone, Debug)]
 pub struct MemberConfig {
-    pub dir: PathBuf,
+    /// Where the file is kept: a folder on disk, or memory in tests.
+    pub storage: Arc<dyn StorageFactory>,
     pub listen: SocketAddr,
     /// Most connections we open, and most peers open to us (each costs two threads and one
     /// part buffer).
@@ -49,22 +62,30 @@ pub struct MemberConfig {
     pub peer_timeout: Duration,
     /// Requests in flight per peer; `None` picks from the part size.
     pub pipeline: Option<usize>,
+    /// Which part to ask for next.
+    pub policy: PolicyKind,
 }
 
 impl MemberConfig {
+    /// A member that keeps the file in `dir`.
     pub fn new(dir: PathBuf) -> MemberConfig {
+        MemberConfig::with_storage(Arc::new(FileStorageFactory { dir }))
+    }
+
+    pub fn with_storage(storage: Arc<dyn StorageFactory>) -> MemberConfig {
         MemberConfig {
-            dir,
+            storage,
             listen: SocketAddr::from(([0, 0, 0, 0], 0)),
-            max_peers: 32,
-            peer_timeout: Duration::from_secs(20),
+            max_peers: DEFAULT_MAX_PEERS,
+            peer_timeout: DEFAULT_PEER_TIMEOUT,
             pipeline: None,
+            policy: PolicyKind::default(),
         }
     }
 }
 
 /// Something the screen or a script may want to show.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     PeerConnected {
         addr: SocketAddr,
@@ -100,14 +121,17 @@ pub enum FailureKind {
     BadOrch,
     Network,
     Disk,
+    /// A bug: a thread the member needs panicked.
+    Internal,
 }
 
 impl FailureKind {
     pub fn exit_code(self) -> i32 {
         match self {
-            FailureKind::BadOrch => crate::cli::exit::BAD_ORCH,
-            FailureKind::Network => crate::cli::exit::NETWORK,
-            FailureKind::Disk => crate::cli::exit::DISK,
+            FailureKind::BadOrch => exit::BAD_ORCH,
+            FailureKind::Network => exit::NETWORK,
+            FailureKind::Disk => exit::DISK,
+            FailureKind::Internal => exit::FAILURE,
         }
     }
 }
@@ -117,6 +141,12 @@ impl FailureKind {
 pub struct StartError {
     pub kind: FailureKind,
     pub error: anyhow::Error,
+}
+
+impl From<StartError> for exit::Failure {
+    fn from(e: StartError) -> exit::Failure {
+        exit::Failure::new(e.kind.exit_code(), e.error)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,206 +172,35 @@ pub struct Status {
     pub parts_rejected: u64,
 }
 
-/// Counters for the summary and the progress display.
-#[derive(Default)]
-pub struct Counters {
-    pub bytes_down: AtomicU64,
-    pub bytes_up: AtomicU64,
-    pub parts_rejected: AtomicU64,
-}
-
-/// State shared by all of a member's threads.
-pub struct Shared {
-    pub orch: Orchestra,
-    pub swarm: SwarmId,
-    pub peer_id: PeerId,
-    pub config: MemberConfig,
-    /// The port peers reach us on, as announced.
-    pub listen_port: u16,
-    /// The complete file was on disk at start: this member is an origin of the swarm.
-    pub origin: bool,
-    pub storage: Box<dyn Storage>,
-    pub paths: Paths,
-    pub picker: Mutex<Picker>,
-    pub peers: Mutex<HashMap<PeerId, Arc<PeerLink>>>,
-    pub tracker: tracker::Book,
-    pub full_hash: fullhash::FullHasher,
-    pub spread: spread::Spread,
-    pub counters: Counters,
-    peers_used: Mutex<HashSet<PeerId>>,
-    events: Mutex<Sender<Event>>,
-    phase: AtomicU8,
-    /// Quitting soon: new requests are refused while uploads under way finish.
-    draining: AtomicBool,
-    shutdown: Mutex<bool>,
-    shutdown_signal: Condvar,
-    /// Counts uploads ended and connections gone, signalled for [`Member::finish_uploads`].
-    uploads_changed: (Mutex<u64>, Condvar),
-    fatal: Mutex<Option<(FailureKind, String)>>,
-}
-
-impl Shared {
-    pub fn phase(&self) -> Phase {
-        match self.phase.load(Ordering::Acquire) {
-            0 => Phase::Fetching,
-            1 => Phase::Finishing,
-            2 => Phase::Sharing,
-            _ => Phase::Failed,
-        }
-    }
-
-    fn set_phase(&self, phase: Phase) {
-        self.phase.store(phase as u8, Ordering::Release);
-    }
-
-    /// True once the file is complete and verified: from then on we only serve.
-    pub fn is_seeding(&self) -> bool {
-        self.phase() == Phase::Sharing
-    }
-
-    pub fn emit(&self, event: Event) {
-        if let Ok(events) = self.events.lock() {
-            let _ = events.send(event);
-        }
-    }
-
-    /// An upload ended or a connection went away: wakes [`Member::finish_uploads`].
-    pub fn note_uploads_changed(&self) {
-        let (count, signal) = &self.uploads_changed;
-        *count.lock().unwrap() += 1;
-        signal.notify_all();
-    }
-
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
-    }
-
-    pub fn is_shutting_down(&self) -> bool {
-        *self.shutdown.lock().unwrap()
-    }
-
-    /// Waits up to `timeout`; returns true if shutdown began meanwhile.
-    pub fn wait_for_shutdown(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut down = self.shutdown.lock().unwrap();
-        while !*down {
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            down = self
-                .shutdown_signal
-                .wait_timeout(down, deadline - now)
-                .unwrap()
-                .0;
-        }
-        true
-    }
-
-    pub fn begin_shutdown(&self) {
-        *self.shutdown.lock().unwrap() = true;
-        self.shutdown_signal.notify_all();
-        for link in self.peers.lock().unwrap().values() {
-            link.close(self);
-        }
-    }
-
-    /// Stops the member for a reason it cannot work around, keeping what is on disk.
-    pub fn fail(&self, kind: FailureKind, error: String) {
-        log::error!("{error}");
-        self.fatal
-            .lock()
-            .unwrap()
-            .get_or_insert((kind, error.clone()));
-        self.set_phase(Phase::Failed);
-        self.emit(Event::Fatal { error });
-        self.begin_shutdown();
-    }
-
-    pub fn note_peer_used(&self, peer: PeerId) {
-        self.peers_used.lock().unwrap().insert(peer);
-    }
-
-    /// Called by the thread that stored the last missing part.
-    fn all_parts_in(self: &Arc<Self>) {
-        if self
-            .phase
-            .compare_exchange(
-                Phase::Fetching as u8,
-                Phase::Finishing as u8,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .is_err()
-        {
-            return;
-        }
-        let shared = Arc::clone(self);
-        std::thread::Builder::new()
-            .name("finisher".into())
-            .spawn(move || {
-                let expected = shared.orch.file_checksum;
-                let result = match shared.full_hash.wait(&shared) {
-                    None => return, // shutting down: the parts stay on disk
-                    Some(Err(e)) => Err((FailureKind::Disk, e)),
-                    Some(Ok(actual)) if actual != expected => Err((
-                        FailureKind::BadOrch,
-                        format!(
-                            "{}: every part matched but the whole file's SHA-256 is {actual}, \
-                             the .orch says {expected}; the .orch is inconsistent",
-                            shared.paths.partial.display()
-                        ),
-                    )),
-                    Some(Ok(_)) => storage::finish(&shared.paths)
-                        .map_err(|e| (FailureKind::Disk, format!("{e:#}"))),
-                };
-                match result {
-                    Ok(()) => {
-                        log::info!("{} complete and verified", shared.paths.complete.display());
-                        shared.set_phase(Phase::Sharing);
-                        shared.emit(Event::Complete);
-                        shared.drop_complete_peers();
-                    }
-                    Err((kind, error)) => shared.fail(kind, error),
-                }
-            })
-            .expect("spawning the finisher thread");
-    }
-
-    /// Once we are complete, connections to peers that are complete too carry nothing.
-    fn drop_complete_peers(&self) {
-        for link in self.peers.lock().unwrap().values() {
-            if link.peer_is_complete() {
-                link.close(self);
-            }
-        }
-    }
-}
-
 /// A running member.
 pub struct Member {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
     started: Instant,
+    quit: AtomicBool,
 }
 
+/// How long [`Member`]'s drop waits for the conductor to take the `LEAVE`.
+const LEAVE_TIMEOUT_ON_DROP: Duration = Duration::from_millis(700);
+
 impl Member {
-    /// Checks what is on disk, binds the listener and starts every thread. `verify_progress`
-    /// receives bytes checked while an existing file or partial download is verified.
+    /// Checks what is there (through the configured storage), binds the listener and starts
+    /// every thread. `verify_progress` receives bytes checked while an existing file or partial
+    /// download is verified.
     pub fn start(
         orch: Orchestra,
         config: MemberConfig,
         verify_progress: &dyn Fn(u64),
     ) -> Result<(Member, Receiver<Event>), StartError> {
-        let prepared =
-            storage::prepare(&config.dir, &orch, verify_progress).map_err(|error| StartError {
-                kind: FailureKind::Disk,
-                error,
-            })?;
+        let disk = |error| StartError {
+            kind: FailureKind::Disk,
+            error,
+        };
         let network = |error| StartError {
             kind: FailureKind::Network,
             error,
         };
+        let opened = config.storage.open(&orch, verify_progress).map_err(disk)?;
         let listener = TcpListener::bind(config.listen)
             .with_context(|| format!("cannot listen on {}", config.listen))
             .map_err(network)?;
@@ -349,67 +208,54 @@ impl Member {
             .local_addr()
             .context("listener has no address")
             .map_err(network)?;
-        let complete = prepared.complete;
         let (events_tx, events_rx) = mpsc::channel();
-        let shared = Arc::new(Shared {
-            swarm: orch.swarm_id(),
-            peer_id: PeerId::random(),
-            listen_port: local_addr.port(),
-            origin: complete,
-            storage: prepared.storage,
-            paths: prepared.paths,
-            picker: Mutex::new(Picker::new(prepared.have)),
-            peers: Mutex::new(HashMap::new()),
-            tracker: tracker::Book::default(),
-            full_hash: fullhash::FullHasher::default(),
-            spread: spread::Spread::new(orch.part_count()),
-            counters: Counters::default(),
-            peers_used: Mutex::new(HashSet::new()),
-            events: Mutex::new(events_tx),
-            phase: AtomicU8::new(if complete {
-                Phase::Sharing as u8
-            } else {
-                Phase::Fetching as u8
-            }),
-            draining: AtomicBool::new(false),
-            shutdown: Mutex::new(false),
-            shutdown_signal: Condvar::new(),
-            uploads_changed: (Mutex::new(0), Condvar::new()),
-            fatal: Mutex::new(None),
-            orch,
-            config,
-        });
+        let complete = opened.complete;
+        let shared = Arc::new(
+            Shared::new(shared::Parts {
+                picker: Picker::new(opened.have, config.policy.build()),
+                storage: opened.storage,
+                complete,
+                listener: listener
+                    .try_clone()
+                    .context("cannot share the listener")
+                    .map_err(network)?,
+                events: events_tx,
+                orch,
+                config,
+            })
+            .context("cannot set up the member")
+            .map_err(network)?,
+        );
+        let member = Member {
+            shared: Arc::clone(&shared),
+            local_addr,
+            started: Instant::now(),
+            quit: AtomicBool::new(false),
+        };
         log::info!(
-            "swarm {} as {}; listening on {local_addr}; {} of {} parts on disk",
+            "swarm {} as {}; listening on {local_addr}; {} of {} parts there",
             &shared.swarm.to_hex()[..12],
             shared.peer_id,
-            shared.picker.lock().unwrap().parts_done(),
+            shared.picker.lock().parts_done(),
             shared.orch.part_count()
         );
-        if complete {
-            shared.emit(Event::Complete);
-        } else {
-            fullhash::FullHasher::start(&shared)
-                .context("cannot start the checksum thread")
-                .map_err(network)?;
-            if shared.orch.part_count() == 0 {
-                shared.all_parts_in();
+        // From here on, dropping `member` on an error stops what was started.
+        let threads = || -> std::io::Result<()> {
+            if complete {
+                shared.emit(Event::Complete);
+            } else {
+                fullhash::FullHasher::start(&shared)?;
+                if shared.orch.part_count() == 0 {
+                    shared.all_parts_in();
+                }
             }
-        }
-        peer::listen(Arc::clone(&shared), listener)
-            .context("cannot start the listener thread")
+            peer::listener::start(&shared, listener)?;
+            swarm::start(&shared)
+        };
+        threads()
+            .context("cannot start the member's threads")
             .map_err(network)?;
-        tracker::start(Arc::clone(&shared))
-            .context("cannot start the tracker threads")
-            .map_err(network)?;
-        Ok((
-            Member {
-                shared,
-                local_addr,
-                started: Instant::now(),
-            },
-            events_rx,
-        ))
+        Ok((member, events_rx))
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -420,6 +266,15 @@ impl Member {
         self.shared.swarm
     }
 
+    pub fn orch(&self) -> &Orchestra {
+        &self.shared.orch
+    }
+
+    /// The storage's name for the data: the file path being written or seeded.
+    pub fn data_name(&self) -> String {
+        self.shared.storage.name()
+    }
+
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
     }
@@ -427,16 +282,14 @@ impl Member {
     pub fn status(&self) -> Status {
         let s = &self.shared;
         let (parts_done, bytes_done) = {
-            let picker = s.picker.lock().unwrap();
+            let picker = s.picker.lock();
             let done = picker.parts_done();
-            let have_last = picker.have().get(s.orch.part_count().saturating_sub(1));
-            let full_parts = u64::from(done - u32::from(have_last));
-            let last_len = s
+            let has_last = s
                 .orch
-                .part_span(s.orch.part_count().saturating_sub(1))
-                .map_or(0, |(_, len)| len as u64);
-            let bytes = full_parts * s.orch.part_size + if have_last { last_len } else { 0 };
-            (done, bytes)
+                .part_count()
+                .checked_sub(1)
+                .is_some_and(|last| picker.have().get(last));
+            (done, s.orch.bytes_in(done, has_last))
         };
         Status {
             phase: s.phase(),
@@ -446,62 +299,41 @@ impl Member {
             bytes_total: s.orch.file_size,
             bytes_down: s.counters.bytes_down.load(Ordering::Relaxed),
             bytes_up: s.counters.bytes_up.load(Ordering::Relaxed),
-            peers: s.peers.lock().unwrap().len(),
-            peers_used: s.peers_used.lock().unwrap().len(),
+            peers: s.peers.lock().len(),
+            peers_used: s.peers_used(),
             parts_rejected: s.counters.parts_rejected.load(Ordering::Relaxed),
         }
     }
 
-    /// Why the member stopped on its own, if it did.
-    pub fn fatal_error(&self) -> Option<String> {
+    /// Why the member stopped on its own, if it did, as the failure to end the program with.
+    pub fn failure(&self) -> Option<exit::Failure> {
         self.shared
-            .fatal
-            .lock()
-            .unwrap()
-            .as_ref()
-            .map(|(_, e)| e.clone())
-    }
-
-    pub fn fatal_kind(&self) -> FailureKind {
-        self.shared
-            .fatal
-            .lock()
-            .unwrap()
-            .as_ref()
-            .map_or(FailureKind::Disk, |(k, _)| *k)
+            .fatal()
+            .map(|(kind, error)| exit::Failure::new(kind.exit_code(), anyhow::anyhow!(error)))
     }
 
     /// Before quitting: refuses new requests and waits up to `timeout` for the parts being sent
     /// to finish, so that peers do not lose a part half-received.
     pub fn finish_uploads(&self, timeout: Duration) {
-        self.shared.draining.store(true, Ordering::Release);
-        let shared = &self.shared;
-        let (count, signal) = &shared.uploads_changed;
-        let deadline = Instant::now() + timeout;
-        loop {
-            // Read the count before looking, so a change while looking is not slept through.
-            let seen = *count.lock().unwrap();
-            let idle = shared
-                .peers
-                .lock()
-                .unwrap()
-                .values()
-                .all(|l| l.uploads_idle());
-            let left = deadline.saturating_duration_since(Instant::now());
-            if idle || shared.is_shutting_down() || left.is_zero() {
-                return;
-            }
-            let guard = count.lock().unwrap();
-            if *guard == seen {
-                let _ = signal.wait_timeout(guard, left).unwrap();
-            }
-        }
+        self.shared.begin_draining();
+        self.shared.wait_uploads_idle(timeout);
     }
 
-    /// Leaves the swarm: tells the conductor (waiting at most `timeout`) and closes every
-    /// connection. Verified parts stay on disk for the next run.
+    /// Leaves the swarm: closes every connection, tells the conductor (waiting at most
+    /// `timeout` for it), and returns once every thread of the member has ended. Verified parts
+    /// stay where they are for the next run. Calling it again does nothing.
     pub fn quit(&self, timeout: Duration) {
+        if self.quit.swap(true, Ordering::SeqCst) {
+            return;
+        }
         self.shared.begin_shutdown();
-        tracker::leave(&self.shared, timeout);
+        swarm::leave(&self.shared, timeout);
+        self.shared.join_threads();
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.quit(LEAVE_TIMEOUT_ON_DROP);
     }
 }

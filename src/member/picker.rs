@@ -1,105 +1,23 @@
-//! Which part to ask a peer for next: rarest first, random among equals, with an endgame.
+//! The facts behind every request: for each part, whether we have it, how many connected peers
+//! have it and how many requests for it are out; the choice itself is a [`PiecePolicy`]'s.
 //!
-//! The picker is the one place that knows, for every part, whether we have it, how many connected
-//! peers have it and how many requests for it are out. Peer threads share it behind a mutex and
-//! hold that lock only for these bookkeeping calls, never across I/O.
+//! Peer threads share one picker behind a mutex and hold that lock only for these bookkeeping
+//! calls, never across I/O.
 
-/// A set of part indices, as sent in a `HAVEMAP` (part 0 in the high bit of byte 0).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Bitfield {
-    bytes: Vec<u8>,
-    len: u32,
-}
-
-impl Bitfield {
-    pub fn new(len: u32) -> Bitfield {
-        Bitfield {
-            bytes: vec![0; crate::wire::have_map_len(len)],
-            len,
-        }
-    }
-
-    /// Takes a received map, refusing one of the wrong size or with bits set past the end.
-    pub fn from_bytes(bytes: Vec<u8>, len: u32) -> Result<Bitfield, String> {
-        let expected = crate::wire::have_map_len(len);
-        if bytes.len() != expected {
-            return Err(format!(
-                "have-map of {} bytes, expected {expected}",
-                bytes.len()
-            ));
-        }
-        let spare = (expected * 8) as u64 - u64::from(len);
-        if spare > 0 {
-            let mask = (1u8 << spare) - 1;
-            if bytes[expected - 1] & mask != 0 {
-                return Err("have-map has bits set past the last part".into());
-            }
-        }
-        Ok(Bitfield { bytes, len })
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes
-    }
-
-    pub fn len(&self) -> u32 {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn get(&self, index: u32) -> bool {
-        index < self.len && self.bytes[(index / 8) as usize] & (0x80 >> (index % 8)) != 0
-    }
-
-    /// Sets a bit; returns true if it was not set before.
-    pub fn set(&mut self, index: u32) -> bool {
-        if index >= self.len || self.get(index) {
-            return false;
-        }
-        self.bytes[(index / 8) as usize] |= 0x80 >> (index % 8);
-        true
-    }
-
-    pub fn clear(&mut self, index: u32) {
-        if index < self.len {
-            self.bytes[(index / 8) as usize] &= !(0x80 >> (index % 8));
-        }
-    }
-
-    pub fn count(&self) -> u32 {
-        self.bytes.iter().map(|b| b.count_ones()).sum()
-    }
-
-    pub fn is_full(&self) -> bool {
-        self.count() == self.len
-    }
-
-    pub fn ones(&self) -> impl Iterator<Item = u32> + '_ {
-        (0..self.len).filter(|&i| self.get(i))
-    }
-}
-
-/// Most missing parts one pick looks at. Rarest-first over millions of tiny parts would make
-/// every pick scan them all; past this many, the rarest among those seen is good enough.
-const MAX_CANDIDATES: u32 = 16_384;
-/// How many requests for one part may be out at once in the endgame.
-const ENDGAME_COPIES: u8 = 2;
+use super::bitfield::Bitfield;
+use super::policy::{Ask, PartsView, PiecePolicy};
 
 pub struct Picker {
     have: Bitfield,
-    /// How many connected peers have each part.
     availability: Vec<u32>,
-    /// How many requests for each part are out.
     in_flight: Vec<u8>,
     /// Every part before this one is ours: picks start here.
     first_missing: u32,
+    policy: Box<dyn PiecePolicy>,
 }
 
 impl Picker {
-    pub fn new(have: Bitfield) -> Picker {
+    pub fn new(have: Bitfield, policy: Box<dyn PiecePolicy>) -> Picker {
         let len = have.len() as usize;
         let first_missing = (0..have.len())
             .find(|&i| !have.get(i))
@@ -109,6 +27,7 @@ impl Picker {
             availability: vec![0; len],
             in_flight: vec![0; len],
             first_missing,
+            policy,
         }
     }
 
@@ -139,89 +58,36 @@ impl Picker {
 
     pub fn peer_gone(&mut self, their_have: &Bitfield) {
         for index in their_have.ones() {
-            let a = &mut self.availability[index as usize];
-            *a = a.saturating_sub(1);
+            self.peer_lost(index);
         }
     }
 
-    /// True when the peer has any part we still need.
-    pub fn wants_from(&self, their_have: &Bitfield) -> bool {
-        their_have.ones().any(|i| !self.have.get(i))
-    }
-
     /// Picks the next part to request from a peer that has `their_have`, skipping parts already
-    /// requested from that peer.
-    ///
-    /// Rarest first. Among the rarest, a random one of those within `window` parts of the first
-    /// part we lack (or the first one past it, if none is): random
-    /// so that members fetching from the same seeder ask for different parts, windowed so that
-    /// parts arrive roughly in order and the whole-file checksum can follow the download instead
-    /// of costing a second pass at the end. The caller scales the window with the requests the
-    /// swarm has in flight. Once every missing part is requested somewhere, a second request for
-    /// a part already out (the endgame), so that the last parts do not wait on one slow peer.
+    /// requested from that peer, and counts the request as out.
     pub fn pick(
         &mut self,
         their_have: &Bitfield,
         already_asked: &[u32],
         window: u32,
     ) -> Option<u32> {
-        let mut best: Option<(u8, u32, u32)> = None; // (in_flight, availability, index)
-        let mut ties = 0u32;
-        let mut window_end: Option<u32> = None;
-        let mut examined = 0u32;
-        for index in self.first_missing..self.have.len() {
-            let i = index as usize;
-            if self.have.get(index) {
-                continue;
-            }
-            examined += 1;
-            if examined > MAX_CANDIDATES && best.is_some() {
-                break;
-            }
-            // The window starts at the first part we lack, whoever has it.
-            let window_end = *window_end.get_or_insert(index.saturating_add(window.max(1)));
-            if !their_have.get(index) || self.in_flight[i] >= ENDGAME_COPIES {
-                continue;
-            }
-            if self.in_flight[i] > 0 && already_asked.contains(&index) {
-                continue;
-            }
-            let key = (self.in_flight[i], self.availability[i]);
-            match best {
-                Some((f, a, _)) if key > (f, a) => {}
-                Some((f, a, _)) if key == (f, a) => {
-                    if index < window_end {
-                        ties += 1;
-                        if fastrand::u32(0..ties) == 0 {
-                            best = Some((key.0, key.1, index));
-                        }
-                    }
-                }
-                _ => {
-                    best = Some((key.0, key.1, index));
-                    ties = 1;
-                }
-            }
-        }
-        // Lowest (in flight, availability) wins, so a part already out is only chosen when every
-        // missing part this peer has is out somewhere. A second request is the endgame, and
-        // only worth its cost once every missing part anyone has is out: before that, a slot
-        // left empty is better than bytes sent twice.
-        let (in_flight, _, index) = best?;
-        if in_flight > 0 && self.some_part_waits() {
+        let parts = PartsView {
+            have: &self.have,
+            availability: &self.availability,
+            in_flight: &self.in_flight,
+            first_missing: self.first_missing,
+        };
+        let ask = Ask {
+            their_have,
+            already_asked,
+            window,
+        };
+        let index = self.policy.pick(&parts, &ask)?;
+        if !parts.may_request(index, their_have, already_asked) {
+            log::error!("the piece policy chose part {index}, which may not be requested");
             return None;
         }
         self.in_flight[index as usize] += 1;
         Some(index)
-    }
-
-    /// True when some part we lack is held by a connected peer and requested from nobody.
-    fn some_part_waits(&self) -> bool {
-        (self.first_missing..self.have.len()).any(|i| {
-            !self.have.get(i)
-                && self.in_flight[i as usize] == 0
-                && self.availability[i as usize] > 0
-        })
     }
 
     /// A request is over without the part (rejected, failed, or the peer went away).
@@ -245,30 +111,18 @@ impl Picker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::member::policy::{InOrder, RarestFirst};
 
-    fn full(len: u32) -> Bitfield {
-        let mut b = Bitfield::new(len);
-        (0..len).for_each(|i| {
-            b.set(i);
-        });
-        b
-    }
-
-    #[test]
-    fn bitfield_rejects_spare_bits_and_wrong_sizes() {
-        assert!(Bitfield::from_bytes(vec![0xff, 0x80], 9).is_ok());
-        assert!(Bitfield::from_bytes(vec![0xff, 0xc0], 9).is_err());
-        assert!(Bitfield::from_bytes(vec![0xff], 9).is_err());
-        assert_eq!(full(9).count(), 9);
-        assert!(full(9).is_full());
+    fn rarest(have: Bitfield) -> Picker {
+        Picker::new(have, Box::new(RarestFirst))
     }
 
     #[test]
     fn picks_rarest_first_and_never_a_part_we_have() {
         let mut have = Bitfield::new(4);
         have.set(0);
-        let mut picker = Picker::new(have);
-        let everything = full(4);
+        let mut picker = rarest(have);
+        let everything = Bitfield::full(4);
         for i in 0..4 {
             picker.peer_has(i);
         }
@@ -284,8 +138,8 @@ mod tests {
     fn is_not_strictly_in_order() {
         let firsts: std::collections::HashSet<u32> = (0..50)
             .map(|_| {
-                Picker::new(Bitfield::new(100))
-                    .pick(&full(100), &[], 1000)
+                rarest(Bitfield::new(100))
+                    .pick(&Bitfield::full(100), &[], 1000)
                     .unwrap()
             })
             .collect();
@@ -294,8 +148,8 @@ mod tests {
 
     #[test]
     fn a_small_window_keeps_picks_near_the_front() {
-        let mut picker = Picker::new(Bitfield::new(1000));
-        let everything = full(1000);
+        let mut picker = rarest(Bitfield::new(1000));
+        let everything = Bitfield::full(1000);
         let picks: Vec<u32> = (0..100)
             .map(|_| picker.pick(&everything, &[], 8).unwrap())
             .collect();
@@ -305,24 +159,60 @@ mod tests {
 
     #[test]
     fn endgame_duplicates_only_when_nothing_else_is_left() {
-        let mut picker = Picker::new(Bitfield::new(2));
-        let everything = full(2);
-        let a = picker.pick(&everything, &[], 1000).unwrap();
-        let b = picker.pick(&everything, &[a], 1000).unwrap();
-        assert_ne!(a, b);
-        // A second peer may now ask for either, but never twice the same part from one peer.
-        let c = picker.pick(&everything, &[], 1000).unwrap();
-        let d = picker.pick(&everything, &[c], 1000).unwrap();
-        assert_ne!(c, d);
-        assert_eq!(
-            picker.pick(&everything, &[], 1000),
-            None,
-            "at most two copies in flight"
-        );
-        assert!(picker.complete(a));
-        assert!(
-            !picker.complete(a),
-            "the endgame duplicate is not counted twice"
-        );
+        for policy in [
+            Box::new(RarestFirst) as Box<dyn PiecePolicy>,
+            Box::new(InOrder),
+        ] {
+            let mut picker = Picker::new(Bitfield::new(2), policy);
+            let everything = Bitfield::full(2);
+            let a = picker.pick(&everything, &[], 1000).unwrap();
+            let b = picker.pick(&everything, &[a], 1000).unwrap();
+            assert_ne!(a, b);
+            // A second peer may now ask for either, but never twice the same part from one peer.
+            let c = picker.pick(&everything, &[], 1000).unwrap();
+            let d = picker.pick(&everything, &[c], 1000).unwrap();
+            assert_ne!(c, d);
+            assert_eq!(
+                picker.pick(&everything, &[], 1000),
+                None,
+                "at most two copies in flight"
+            );
+            assert!(picker.complete(a));
+            assert!(
+                !picker.complete(a),
+                "the endgame duplicate is not counted twice"
+            );
+        }
+    }
+
+    #[test]
+    fn in_order_takes_the_first_part_the_peer_has() {
+        let mut picker = Picker::new(Bitfield::new(10), Box::new(InOrder));
+        let mut theirs = Bitfield::new(10);
+        for i in [3, 5, 7] {
+            theirs.set(i);
+            picker.peer_has(i);
+        }
+        assert_eq!(picker.pick(&theirs, &[], 1), Some(3));
+        assert_eq!(picker.pick(&theirs, &[3], 1), Some(5));
+        assert!(picker.complete(3));
+        assert_eq!(picker.pick(&theirs, &[5], 1), Some(7));
+    }
+
+    /// A policy that breaks the rules is refused, not obeyed.
+    #[test]
+    fn a_policy_cannot_pick_a_part_we_have() {
+        struct Always(u32);
+        impl PiecePolicy for Always {
+            fn pick(&mut self, _: &PartsView, _: &Ask) -> Option<u32> {
+                Some(self.0)
+            }
+        }
+        let mut have = Bitfield::new(4);
+        have.set(1);
+        let mut picker = Picker::new(have, Box::new(Always(1)));
+        assert_eq!(picker.pick(&Bitfield::full(4), &[], 4), None);
+        let mut picker = Picker::new(Bitfield::new(4), Box::new(Always(9)));
+        assert_eq!(picker.pick(&Bitfield::full(4), &[], 4), None);
     }
 }

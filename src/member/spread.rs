@@ -11,7 +11,7 @@
 //! anyone is not held back. Each connection sends the queued part with the fewest copies out
 //! first. Members that finish later serve freely: they are not the only source of anything.
 
-use std::sync::Mutex;
+use crate::sync::Mutex;
 
 struct Counts {
     /// Copies queued or sent (what admission counts).
@@ -40,7 +40,7 @@ impl Spread {
 
     /// Whether to serve `index` now; counts it as served if so.
     pub fn admit(&self, index: u32) -> bool {
-        let mut counts = self.counts.lock().unwrap();
+        let mut counts = self.counts.lock();
         let Some(&served) = counts.served.get(index as usize) else {
             return false;
         };
@@ -58,7 +58,7 @@ impl Spread {
 
     /// A copy of `index` went out whole.
     pub fn sent(&self, index: u32) {
-        let mut counts = self.counts.lock().unwrap();
+        let mut counts = self.counts.lock();
         let Some(&sent) = counts.sent.get(index as usize) else {
             return;
         };
@@ -70,13 +70,13 @@ impl Spread {
 
     /// Copies of `index` sent so far.
     pub fn copies_sent(&self, index: u32) -> u16 {
-        let counts = self.counts.lock().unwrap();
+        let counts = self.counts.lock();
         counts.sent.get(index as usize).copied().unwrap_or(u16::MAX)
     }
 
     /// An admitted part will not be sent after all (cancelled, or the connection ended).
     pub fn withdraw(&self, index: u32) {
-        let mut counts = self.counts.lock().unwrap();
+        let mut counts = self.counts.lock();
         let Some(&served) = counts.served.get(index as usize) else {
             return;
         };

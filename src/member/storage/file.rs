@@ -1,5 +1,5 @@
-//! Where a member keeps the file: positional reads and writes behind a small interface, and the
-//! life of a download on disk (fresh, resumed, seeding, finished).
+//! The file on disk: positional reads and writes, `sendfile` for uploads, and the life of a
+//! download on disk (fresh, resumed, seeding, finished).
 //!
 //! An unfinished download lives in `FILENAME.part`, beside `FILENAME.part.swarm`, which names the
 //! swarm it belongs to; only a completely verified file is renamed to `FILENAME`, and only if no
@@ -10,27 +10,23 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context, Result};
 
+use super::{Opened, Storage, StorageFactory};
 use crate::hashing;
-use crate::member::picker::Bitfield;
-use crate::orch::{Checksum, Orchestra, SwarmId};
+use crate::member::bitfield::Bitfield;
+use crate::orch::{Checksum, Orchestra, Span, SwarmId};
 
-/// Positional access to the file being shared. Implementations must allow concurrent calls:
-/// peer threads read and write different parts at once without a global lock.
-pub trait Storage: Send + Sync {
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
-    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()>;
-    /// The underlying file, when there is one (lets the seeding side use `sendfile`).
-    fn file(&self) -> Option<&File> {
-        None
-    }
-}
-
+/// The download's file: `FILENAME.part` while fetching, `FILENAME` when seeding.
 pub struct FileStorage {
     file: File,
+    paths: Paths,
+    /// The file open is, or has become, the complete `FILENAME`, not the `.part`.
+    complete: AtomicBool,
 }
 
 impl Storage for FileStorage {
@@ -42,8 +38,35 @@ impl Storage for FileStorage {
         std::os::unix::fs::FileExt::write_all_at(&self.file, buf, offset)
     }
 
-    fn file(&self) -> Option<&File> {
-        Some(&self.file)
+    fn send_to(&self, stream: &TcpStream, span: Span) -> io::Result<()> {
+        crate::net::send_file(stream, &self.file, span.offset, span.len)
+    }
+
+    fn finish(&self) -> Result<()> {
+        finish(&self.paths)?;
+        self.complete.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    fn name(&self) -> String {
+        let path = if self.complete.load(Ordering::Acquire) {
+            &self.paths.complete
+        } else {
+            &self.paths.partial
+        };
+        path.display().to_string()
+    }
+}
+
+/// Keeps the download in `DIR/FILENAME` (see the module docs).
+#[derive(Clone, Debug)]
+pub struct FileStorageFactory {
+    pub dir: PathBuf,
+}
+
+impl StorageFactory for FileStorageFactory {
+    fn open(&self, orch: &Orchestra, progress: &dyn Fn(u64)) -> Result<Opened> {
+        prepare(&self.dir, orch, progress)
     }
 }
 
@@ -69,21 +92,12 @@ impl Paths {
     }
 }
 
-/// What was found on disk at start.
-pub struct Prepared {
-    pub storage: Box<dyn Storage>,
-    pub have: Bitfield,
-    pub paths: Paths,
-    /// The complete, verified file was found: nothing to fetch.
-    pub complete: bool,
-}
-
 /// Progress of the start-up check, for the screen.
-pub type VerifyProgress<'a> = &'a dyn Fn(u64);
+type VerifyProgress<'a> = &'a dyn Fn(u64);
 
 /// Opens or creates the download for `orch` in `dir`: the complete file to seed, a resumable
 /// partial download, or a new one. Never modifies a file that is not ours.
-pub fn prepare(dir: &Path, orch: &Orchestra, progress: VerifyProgress) -> Result<Prepared> {
+fn prepare(dir: &Path, orch: &Orchestra, progress: VerifyProgress) -> Result<Opened> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create the download folder {}", dir.display()))?;
     let paths = Paths::new(dir, orch);
@@ -132,10 +146,13 @@ pub fn prepare(dir: &Path, orch: &Orchestra, progress: VerifyProgress) -> Result
         .with_context(|| format!("cannot open {}", paths.partial.display()))?;
     size_up_front(&file, orch.file_size)
         .with_context(|| format!("cannot make room for {}", paths.partial.display()))?;
-    Ok(Prepared {
-        storage: Box::new(FileStorage { file }),
+    Ok(Opened {
+        storage: Box::new(FileStorage {
+            file,
+            paths,
+            complete: AtomicBool::new(false),
+        }),
         have,
-        paths,
         complete: false,
     })
 }
@@ -145,7 +162,7 @@ fn open_complete(
     orch: &Orchestra,
     meta: std::fs::Metadata,
     progress: VerifyProgress,
-) -> Result<Prepared> {
+) -> Result<Opened> {
     let name = paths.complete.display();
     if !meta.is_file() {
         bail!(
@@ -182,14 +199,13 @@ fn open_complete(
         );
     }
     let file = File::open(&paths.complete).with_context(|| format!("cannot open {name}"))?;
-    let mut have = Bitfield::new(orch.part_count());
-    (0..orch.part_count()).for_each(|i| {
-        have.set(i);
-    });
-    Ok(Prepared {
-        storage: Box::new(FileStorage { file }),
-        have,
-        paths,
+    Ok(Opened {
+        storage: Box::new(FileStorage {
+            file,
+            paths,
+            complete: AtomicBool::new(true),
+        }),
+        have: Bitfield::full(orch.part_count()),
         complete: true,
     })
 }
@@ -256,19 +272,17 @@ fn check_marker(paths: &Paths, swarm: SwarmId) -> Result<()> {
 fn size_up_front(file: &File, size: u64) -> io::Result<()> {
     file.set_len(size)?;
     if size > 0 {
-        use std::os::unix::io::AsRawFd;
-        let len = libc::off_t::try_from(size).map_err(|_| io::Error::other("file too large"))?;
-        // SAFETY: plain syscall on a valid open descriptor.
-        let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
-        match rc {
-            0 | libc::EOPNOTSUPP | libc::EINVAL => {}
-            libc::ENOSPC => {
+        use rustix::fs::{fallocate, FallocateFlags};
+        use rustix::io::Errno;
+        match fallocate(file, FallocateFlags::empty(), 0, size) {
+            Ok(()) | Err(Errno::OPNOTSUPP | Errno::INVAL | Errno::NOSYS) => {}
+            Err(Errno::NOSPC) => {
                 return Err(io::Error::new(
                     io::ErrorKind::StorageFull,
                     format!("not enough free space for {size} bytes"),
                 ))
             }
-            other => return Err(io::Error::from_raw_os_error(other)),
+            Err(other) => return Err(other.into()),
         }
     }
     Ok(())
@@ -276,14 +290,8 @@ fn size_up_front(file: &File, size: u64) -> io::Result<()> {
 
 /// Free bytes on the file system holding `dir`, if it can be told.
 pub fn free_space(dir: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `path` is NUL-terminated and `stat` is a valid out-pointer.
-    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
-        return None;
-    }
-    Some((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+    let stat = rustix::fs::statvfs(dir).ok()?;
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 fn warn_if_short_of_space(dir: &Path, needed: u64) {
@@ -304,7 +312,7 @@ fn warn_if_short_of_space(dir: &Path, needed: u64) {
 ///
 /// No fsync: it would cost seconds per GiB, and what it guards against (a power cut before the
 /// page cache is written) is caught anyway, since a member re-verifies a complete file at start.
-pub fn finish(paths: &Paths) -> Result<()> {
+fn finish(paths: &Paths) -> Result<()> {
     // A hard link fails if the name is taken, unlike rename, which would replace it.
     match std::fs::hard_link(&paths.partial, &paths.complete) {
         Ok(()) => {

@@ -1,0 +1,258 @@
+//! One connection to another member, from the first byte to the close.
+//!
+//! - [`handshake`]: the `HELLO` exchange and what is checked before anything else is sent;
+//! - [`reader`]: the thread that owns the conversation: it takes the peer's have-map and `HAVE`s,
+//!   keeps requests in flight, verifies every part it receives before storing it, and queues
+//!   uploads;
+//! - [`writer`]: the thread that drains the connection's [`outbox`], control lines before part
+//!   data, parts sent by the storage (`sendfile` from a file);
+//! - [`listener`]: the accept loop.
+//!
+//! Two threads per connection, because two members uploading to each other over blocking sockets
+//! would otherwise both block in `write` and never read.
+
+pub mod handshake;
+pub mod listener;
+pub mod outbox;
+pub mod reader;
+pub mod writer;
+
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
+
+use super::requests::Requests;
+use super::shared::{OnPanic, Shared};
+use super::Event;
+use crate::sync::Mutex;
+use crate::wire::{PeerId, PeerMessage};
+use outbox::{Outbox, Outgoing};
+use reader::Conversation;
+
+pub use outbox::MAX_QUEUED_UPLOADS;
+
+/// Unsent bytes the kernel may hold per connection (see [`crate::net::limit_unsent`]), so that
+/// a `REQUEST` or `HAVE` written after a part leaves soon, not after megabytes of queued uploads
+/// on a slow uplink.
+const UNSENT_LOW_WATER: u32 = 128 << 10;
+
+/// A live, registered connection, as the rest of the member sees it.
+pub struct PeerLink {
+    pub peer_id: PeerId,
+    /// The socket's remote address.
+    pub addr: SocketAddr,
+    /// Where the peer accepts connections, when it does.
+    pub listen_addr: Option<SocketAddr>,
+    initiated_by_us: bool,
+    stream: TcpStream,
+    outbox: Outbox,
+    requests: Mutex<Requests>,
+    complete: AtomicBool,
+}
+
+impl PeerLink {
+    pub fn close(&self, shared: &Shared) {
+        for index in self.outbox.close() {
+            shared.spread.withdraw(index);
+        }
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+
+    /// True when this connection has no part queued or being sent.
+    pub fn uploads_idle(&self) -> bool {
+        self.outbox.uploads_idle()
+    }
+
+    pub fn peer_is_complete(&self) -> bool {
+        self.complete.load(Ordering::Relaxed)
+    }
+
+    fn send(&self, message: PeerMessage) {
+        self.outbox.push(Outgoing::Line(message));
+    }
+}
+
+/// Counts connection threads so that peers cannot make us spawn without bound.
+pub struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    pub fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(Arc::clone(count)))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Runs one connection from handshake to close. `dialed` is the address we dialed, for an
+/// outgoing connection.
+pub fn serve(
+    shared: &Arc<Shared>,
+    stream: TcpStream,
+    dialed: Option<SocketAddr>,
+    _slot: Slot,
+) -> Result<()> {
+    let Some(_tracked) = shared.track_socket(&stream) else {
+        bail!("shutting down");
+    };
+    let addr = stream.peer_addr()?;
+    stream.set_nodelay(true)?;
+    crate::net::limit_unsent(&stream, UNSENT_LOW_WATER);
+    stream.set_write_timeout(Some(shared.config.peer_timeout))?;
+    let theirs = handshake::exchange(shared, &stream, dialed)?;
+    let listen_addr = match dialed {
+        Some(dialed) => Some(dialed),
+        None => (theirs.listen_port != 0).then(|| SocketAddr::new(addr.ip(), theirs.listen_port)),
+    };
+    if shared.book.is_banned(theirs.peer_id, listen_addr) {
+        bail!("peer is banned");
+    }
+
+    let link = Arc::new(PeerLink {
+        peer_id: theirs.peer_id,
+        addr,
+        listen_addr,
+        initiated_by_us: dialed.is_some(),
+        stream: stream.try_clone()?,
+        outbox: Outbox::default(),
+        requests: Mutex::default(),
+        complete: AtomicBool::new(false),
+    });
+    let mut registered = {
+        // The have-map must be the first message: snapshotting it under the picker lock and
+        // registering before releasing that lock means every part completed later reaches this
+        // peer as a HAVE, after the map.
+        let picker = shared.picker.lock();
+        link.outbox
+            .push(Outgoing::HaveMap(picker.have().as_bytes().to_vec()));
+        Registered::new(shared, &link)?
+    };
+    if let Some(listen_addr) = listen_addr {
+        shared.book.learn(std::iter::once(listen_addr));
+    }
+    shared.emit(Event::PeerConnected { addr });
+    log::info!(
+        "peer {addr} connected ({})",
+        if dialed.is_some() { "out" } else { "in" }
+    );
+
+    {
+        let for_writer = Arc::clone(shared);
+        let link = Arc::clone(&link);
+        let writer_stream = stream.try_clone()?;
+        let started = shared.spawn("peer-writer", OnPanic::DropPeer, move || {
+            let shared = for_writer;
+            // Closes the link however the writer ends, a panic included.
+            let _close = CloseOnDrop {
+                shared: &shared,
+                link: &link,
+            };
+            if let Err(e) = writer::write_loop(&shared, &link, writer_stream) {
+                log::debug!("peer {}: writer: {e:#}", link.addr);
+            }
+        });
+        if let Err(e) = started {
+            registered.reason = Some(format!("cannot start its writer: {e}"));
+            return Err(e.into());
+        }
+    }
+
+    let result = Conversation::new(shared, &link).run(&stream);
+    registered.reason = Some(match &result {
+        Ok(()) => "closed".to_string(),
+        Err(e) => format!("{e:#}"),
+    });
+    result
+}
+
+/// A registered connection; dropping it (at the end of [`serve`], or while a panic unwinds)
+/// closes the link, takes it out of the peer table and reports why it went.
+struct Registered<'a> {
+    shared: &'a Shared,
+    link: &'a Arc<PeerLink>,
+    /// Why the connection ended; unset when it ends by a panic.
+    reason: Option<String>,
+}
+
+impl<'a> Registered<'a> {
+    /// Keeps one connection per pair of members. When both dial each other at once, both sides
+    /// keep the connection dialed by the smaller peer id, so they agree without talking.
+    fn new(shared: &'a Shared, link: &'a Arc<PeerLink>) -> Result<Registered<'a>> {
+        let mut peers = shared.peers.lock();
+        if shared.is_shutting_down() {
+            bail!("shutting down");
+        }
+        if let Some(existing) = peers.get(&link.peer_id) {
+            let dialer_is_smaller = |by_us: bool| (shared.peer_id < link.peer_id) == by_us;
+            let keep_new = existing.initiated_by_us != link.initiated_by_us
+                && dialer_is_smaller(link.initiated_by_us);
+            if !keep_new {
+                bail!("already connected to this peer");
+            }
+            existing.close(shared);
+        }
+        peers.insert(link.peer_id, Arc::clone(link));
+        Ok(Registered {
+            shared,
+            link,
+            reason: None,
+        })
+    }
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        let (shared, link) = (self.shared, self.link);
+        link.close(shared);
+        let mut peers = shared.peers.lock();
+        if peers
+            .get(&link.peer_id)
+            .is_some_and(|l| Arc::ptr_eq(l, link))
+        {
+            peers.remove(&link.peer_id);
+        }
+        drop(peers);
+        shared.note_uploads_changed();
+        let reason = self
+            .reason
+            .take()
+            .unwrap_or_else(|| "internal error (see the log)".to_string());
+        log::info!("peer {} dropped: {reason}", link.addr);
+        shared.emit(Event::PeerDropped {
+            addr: link.addr,
+            reason,
+        });
+    }
+}
+
+struct CloseOnDrop<'a> {
+    shared: &'a Shared,
+    link: &'a PeerLink,
+}
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.link.close(self.shared);
+    }
+}
+
+/// Tells every peer about a part we just stored, and cancels the endgame duplicates of it.
+pub fn announce_part(shared: &Shared, index: u32, from: &PeerLink) {
+    let peers: Vec<Arc<PeerLink>> = shared.peers.lock().values().cloned().collect();
+    for link in peers {
+        if !std::ptr::eq(Arc::as_ptr(&link), from) && link.requests.lock().cancel(index) {
+            link.send(PeerMessage::Cancel(index));
+        }
+        link.send(PeerMessage::Have(index));
+    }
+}

@@ -1,0 +1,348 @@
+//! The reader side of one connection, which owns the conversation: it takes the peer's have-map
+//! and `HAVE`s, keeps requests in flight, answers the peer's requests by queueing uploads, and
+//! verifies every part it receives against the `.orch` before storing it.
+//!
+//! Every read has a deadline ([`DeadlineStream`]): each line must come within the peer timeout,
+//! each part within the peer timeout per MiB, so a peer trickling bytes cannot hold our requests.
+
+use std::io::BufReader;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Result};
+
+use super::outbox::MAX_QUEUED_UPLOADS;
+use super::{announce_part, PeerLink};
+use crate::member::bitfield::Bitfield;
+use crate::member::requests::pipeline_depth;
+use crate::member::shared::Shared;
+use crate::member::{Event, FailureKind};
+use crate::net::DeadlineStream;
+use crate::orch::Checksum;
+use crate::wire::{LineReader, PeerMessage, WireError, MAX_PEX};
+
+/// How long a part a peer rejected is asked from others only.
+const REJECT_RETRY: Duration = Duration::from_secs(2);
+/// Smallest choice of parts the picker randomizes over.
+const MIN_PICK_WINDOW: u32 = 16;
+/// Bytes read from the socket at once.
+const READ_BUFFER: usize = 256 << 10;
+
+type PeerReader<'a> = LineReader<BufReader<DeadlineStream<'a>>>;
+
+/// The reader side of one connection.
+pub struct Conversation<'a> {
+    shared: &'a Arc<Shared>,
+    link: &'a Arc<PeerLink>,
+    their_have: Bitfield,
+    got_have_map: bool,
+    depth: usize,
+    buffer: Vec<u8>,
+    /// Parts this peer rejected, and when: not asked again for [`REJECT_RETRY`].
+    rejected: Vec<(u32, Instant)>,
+    /// When the oldest unanswered request was sent, or the last part arrived.
+    last_progress: Instant,
+}
+
+impl<'a> Conversation<'a> {
+    pub fn new(shared: &'a Arc<Shared>, link: &'a Arc<PeerLink>) -> Conversation<'a> {
+        let depth = pipeline_depth(shared.config.pipeline, shared.orch.part_size);
+        Conversation {
+            shared,
+            link,
+            their_have: Bitfield::new(shared.orch.part_count()),
+            got_have_map: false,
+            depth,
+            buffer: Vec::new(),
+            rejected: Vec::new(),
+            last_progress: Instant::now(),
+        }
+    }
+
+    /// Runs the conversation until the peer closes, misbehaves, goes silent, or we stop.
+    pub fn run(mut self, stream: &TcpStream) -> Result<()> {
+        let timeout = self.shared.config.peer_timeout;
+        let mut reader = LineReader::new(BufReader::with_capacity(
+            READ_BUFFER,
+            DeadlineStream::within(stream, timeout),
+        ));
+        self.send_pex();
+        let parts = self.shared.orch.part_count();
+        let orch = &self.shared.orch;
+        let part_len = |i: u32| orch.part_len(i);
+        loop {
+            if self.shared.is_shutting_down() {
+                return Ok(());
+            }
+            // Each line must come whole within the peer timeout.
+            let deadline = reader.get_ref().get_ref();
+            deadline.set_idle_timeout(None);
+            deadline.set_deadline(Instant::now() + timeout);
+            let message = match reader.read_line() {
+                Ok(line) => PeerMessage::parse(line, parts, part_len),
+                Err(WireError::Closed) => return Ok(()),
+                Err(e) if e.is_timeout() => {
+                    bail!("silent for {:?}", self.shared.config.peer_timeout)
+                }
+                // A reset or a close mid-line is the network or a crash, not misbehaviour.
+                Err(WireError::Io(e)) => bail!("{e}"),
+                Err(e) => Err(e),
+            };
+            let message = message.map_err(|e| self.misbehaved(format!("{e}")))?;
+            if !self.got_have_map && !matches!(message, PeerMessage::HaveMap { .. }) {
+                return Err(self.misbehaved("first message was not HAVEMAP".into()));
+            }
+            match message {
+                PeerMessage::HaveMap { bytes } => {
+                    if self.got_have_map {
+                        return Err(self.misbehaved("sent a second HAVEMAP".into()));
+                    }
+                    let mut map = vec![0u8; bytes];
+                    reader.read_payload(&mut map)?;
+                    self.their_have =
+                        Bitfield::from_bytes(map, parts).map_err(|e| self.misbehaved(e))?;
+                    self.got_have_map = true;
+                    let mut picker = self.shared.picker.lock();
+                    for index in self.their_have.ones() {
+                        picker.peer_has(index);
+                    }
+                }
+                PeerMessage::Have(index) => {
+                    if self.their_have.set(index) {
+                        self.shared.picker.lock().peer_has(index);
+                    }
+                }
+                PeerMessage::Request(index) => self.serve(index)?,
+                PeerMessage::Cancel(index) => {
+                    for _ in 0..self.link.outbox.cancel_upload(index) {
+                        self.shared.spread.withdraw(index);
+                    }
+                }
+                PeerMessage::Reject(index) => {
+                    if self.link.requests.lock().take_out(index) {
+                        self.shared.picker.lock().release(index);
+                    }
+                    // Ask others for it; ask this peer again later (see `retry_rejected`).
+                    if self.their_have.get(index) {
+                        self.their_have.clear(index);
+                        self.shared.picker.lock().peer_lost(index);
+                        self.rejected.push((index, Instant::now()));
+                    }
+                }
+                PeerMessage::Piece { index, len } => self.receive(&mut reader, index, len)?,
+                PeerMessage::Pex(addrs) => self.shared.book.learn(addrs.into_iter()),
+                PeerMessage::Ping => {}
+            }
+            self.retry_rejected();
+            let complete = self.their_have.is_full();
+            self.link.complete.store(complete, Ordering::Relaxed);
+            if complete && self.shared.is_seeding() {
+                return Ok(());
+            }
+            self.request_more();
+            self.check_progress()?;
+        }
+    }
+
+    fn serve(&mut self, index: u32) -> Result<()> {
+        let have = self.shared.picker.lock().have().get(index);
+        // Only a member that had the file from the start spreads: it is the one source of the
+        // parts nobody else has yet. A member that finished later serves freely.
+        let seeding = self.shared.origin && self.shared.is_seeding();
+        let refuse = self.shared.is_draining() || (seeding && !self.shared.spread.admit(index));
+        if !have || refuse {
+            if !self.link.outbox.push_reject(index) {
+                return Err(
+                    self.misbehaved(format!("more than {MAX_QUEUED_UPLOADS} requests queued"))
+                );
+            }
+        } else if !self.link.outbox.push_upload(index, seeding) {
+            if seeding {
+                self.shared.spread.withdraw(index);
+            }
+            return Err(self.misbehaved(format!("more than {MAX_QUEUED_UPLOADS} requests queued")));
+        }
+        Ok(())
+    }
+
+    fn receive(&mut self, reader: &mut PeerReader, index: u32, len: usize) -> Result<()> {
+        let expected = {
+            let mut requests = self.link.requests.lock();
+            if requests.take_out(index) {
+                true
+            } else if requests.take_cancelled(index) {
+                false
+            } else {
+                return Err(self.misbehaved(format!("sent part {index}, which we did not request")));
+            }
+        };
+        // `len` was checked against the .orch by the parser, so the buffer never exceeds the
+        // largest part.
+        self.buffer.resize(len, 0);
+        // The peer timeout for each MiB: a slow link passes, a trickle does not.
+        let allowed = self.shared.config.peer_timeout * len.div_ceil(1 << 20).max(1) as u32;
+        let deadline = Instant::now() + allowed;
+        let stream = reader.get_ref().get_ref();
+        stream.set_deadline(deadline);
+        stream.set_idle_timeout(Some(self.shared.config.peer_timeout));
+        let read = reader.read_payload(&mut self.buffer);
+        if read.is_err() && expected {
+            // The request is over without the part: let it be asked again.
+            self.shared.picker.lock().release(index);
+        }
+        match read {
+            Ok(()) => {}
+            Err(_) if Instant::now() >= deadline => {
+                return Err(self.misbehaved(format!("part {index} not complete after {allowed:?}")))
+            }
+            Err(e) if e.is_timeout() => bail!(
+                "silent for {:?} in the middle of part {index}",
+                self.shared.config.peer_timeout
+            ),
+            Err(e) => return Err(e.into()),
+        }
+        self.last_progress = Instant::now();
+        if !expected {
+            return Ok(());
+        }
+        let shared = self.shared;
+        if Checksum::of(&self.buffer) != shared.orch.part_checksums[index as usize] {
+            shared.picker.lock().release(index);
+            shared
+                .counters
+                .parts_rejected
+                .fetch_add(1, Ordering::Relaxed);
+            shared.emit(Event::PartRejected {
+                index,
+                addr: self.link.addr,
+            });
+            return Err(self.misbehaved(format!("part {index} failed its checksum")));
+        }
+        let Some(span) = shared.orch.part_span(index) else {
+            bail!("part {index} is not in the file");
+        };
+        if shared.picker.lock().have().get(index) {
+            return Ok(()); // an endgame duplicate that lost the race
+        }
+        if let Err(e) = shared.storage.write_at(span.offset, &self.buffer) {
+            shared.picker.lock().release(index);
+            shared.fail(
+                FailureKind::Disk,
+                format!("cannot write {}: {e}", shared.storage.name()),
+            );
+            bail!("disk error");
+        }
+        // Hand the buffer to the whole-file hasher before the part counts as ours, so that the
+        // hasher finds it there rather than reading it back from disk.
+        let buffer = std::mem::take(&mut self.buffer);
+        self.buffer = shared.full_hash.part_done(index, buffer);
+        let (new, done) = {
+            let mut picker = shared.picker.lock();
+            (picker.complete(index), picker.is_complete())
+        };
+        if new {
+            shared
+                .counters
+                .bytes_down
+                .fetch_add(len as u64, Ordering::Relaxed);
+            shared.note_peer_used(self.link.peer_id);
+            announce_part(shared, index, self.link);
+            if done {
+                shared.all_parts_in();
+            }
+        }
+        Ok(())
+    }
+
+    /// A peer that rejected a part may serve it later (a seeder spreading parts does once it
+    /// has sent every part once), and may be the only one with it.
+    fn retry_rejected(&mut self) {
+        let now = Instant::now();
+        let shared = self.shared;
+        let their_have = &mut self.their_have;
+        self.rejected.retain(|&(index, when)| {
+            if now.duration_since(when) < REJECT_RETRY {
+                return true;
+            }
+            if their_have.set(index) {
+                shared.picker.lock().peer_has(index);
+            }
+            false
+        });
+    }
+
+    /// Keeps `depth` requests in flight to this peer.
+    fn request_more(&mut self) {
+        if !self.got_have_map {
+            return;
+        }
+        let mut requests = self.link.requests.lock();
+        if requests.out.is_empty() {
+            self.last_progress = Instant::now();
+        }
+        // Enough choice that members fetching from one seeder rarely ask for the same part,
+        // little enough that parts arrive near file order (see Picker::pick).
+        let peers = self.shared.peers.lock().len() as u32;
+        let window = (2 * peers * self.depth as u32).max(MIN_PICK_WINDOW);
+        while requests.out.len() < self.depth {
+            let picked = self
+                .shared
+                .picker
+                .lock()
+                .pick(&self.their_have, &requests.out, window);
+            let Some(index) = picked else { break };
+            requests.out.push(index);
+            self.link.send(PeerMessage::Request(index));
+        }
+    }
+
+    /// Drops a peer that holds our requests without answering: it claims parts it never sends.
+    fn check_progress(&self) -> Result<()> {
+        let waiting = !self.link.requests.lock().out.is_empty();
+        if waiting && self.last_progress.elapsed() > self.shared.config.peer_timeout {
+            return Err(self.misbehaved(format!(
+                "sent no requested part for {:?}",
+                self.shared.config.peer_timeout
+            )));
+        }
+        Ok(())
+    }
+
+    fn send_pex(&self) {
+        let peers: Vec<SocketAddr> = self
+            .shared
+            .peers
+            .lock()
+            .values()
+            .filter(|l| l.peer_id != self.link.peer_id)
+            .filter_map(|l| l.listen_addr)
+            .take(MAX_PEX)
+            .collect();
+        if !peers.is_empty() {
+            self.link.send(PeerMessage::Pex(peers));
+        }
+    }
+
+    /// Bans the peer for the rest of this run and returns the error that ends the connection.
+    fn misbehaved(&self, why: String) -> anyhow::Error {
+        self.shared
+            .book
+            .ban(self.link.peer_id, self.link.listen_addr);
+        anyhow!("banned: {why}")
+    }
+}
+
+impl Drop for Conversation<'_> {
+    /// Gives back every request still out and the peer's share of availability, however the
+    /// conversation ended.
+    fn drop(&mut self) {
+        let requests = std::mem::take(&mut *self.link.requests.lock());
+        let mut picker = self.shared.picker.lock();
+        for index in requests.out {
+            picker.release(index);
+        }
+        picker.peer_gone(&self.their_have);
+    }
+}

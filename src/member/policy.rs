@@ -1,0 +1,155 @@
+//! Which part to ask a peer for next, behind a small trait.
+//!
+//! The picker ([`super::picker`]) keeps the facts (what we have, how many connected peers have
+//! each part, how many requests for each are out); a [`PiecePolicy`] only chooses among them.
+//! The connection code never knows which policy runs, so another order (in file order, for a
+//! consumer that streams the file, or a test's fixed order) is one type away.
+
+use super::bitfield::Bitfield;
+
+/// Most missing parts one pick looks at. Rarest-first over millions of tiny parts would make
+/// every pick scan them all; past this many, the rarest among those seen is good enough.
+const MAX_CANDIDATES: u32 = 16_384;
+/// How many requests for one part may be out at once in the endgame.
+pub const ENDGAME_COPIES: u8 = 2;
+
+/// What a policy sees of the member's parts.
+pub struct PartsView<'a> {
+    pub have: &'a Bitfield,
+    /// How many connected peers have each part.
+    pub availability: &'a [u32],
+    /// How many requests for each part are out.
+    pub in_flight: &'a [u8],
+    /// Every part before this one is ours.
+    pub first_missing: u32,
+}
+
+impl PartsView<'_> {
+    /// True when some part we lack is held by a connected peer and requested from nobody.
+    pub fn some_part_waits(&self) -> bool {
+        (self.first_missing..self.have.len()).any(|i| {
+            !self.have.get(i)
+                && self.in_flight[i as usize] == 0
+                && self.availability[i as usize] > 0
+        })
+    }
+
+    /// Whether `index` may be requested from a peer that has `their_have` and was already
+    /// asked for `already_asked`: we lack it, the peer has it, fewer than [`ENDGAME_COPIES`]
+    /// requests are out, and this peer was not asked for it yet.
+    pub fn may_request(&self, index: u32, their_have: &Bitfield, already_asked: &[u32]) -> bool {
+        let i = index as usize;
+        !self.have.get(index)
+            && their_have.get(index)
+            && self.in_flight.get(i).is_some_and(|&f| f < ENDGAME_COPIES)
+            && !(self.in_flight[i] > 0 && already_asked.contains(&index))
+    }
+}
+
+/// One request to fill: a peer that has `their_have`, already asked for `already_asked`.
+pub struct Ask<'a> {
+    pub their_have: &'a Bitfield,
+    pub already_asked: &'a [u32],
+    /// How far past the first missing part a pick may reach for its random choice; the caller
+    /// scales it with the requests the swarm has in flight.
+    pub window: u32,
+}
+
+/// Chooses the next part to request. Implementations return only parts that
+/// [`PartsView::may_request`] allows (the picker checks, and refuses others).
+pub trait PiecePolicy: Send {
+    fn pick(&mut self, parts: &PartsView, ask: &Ask) -> Option<u32>;
+}
+
+/// The policies a member can be configured with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PolicyKind {
+    #[default]
+    RarestFirst,
+    InOrder,
+}
+
+impl PolicyKind {
+    pub fn build(self) -> Box<dyn PiecePolicy> {
+        match self {
+            PolicyKind::RarestFirst => Box::new(RarestFirst),
+            PolicyKind::InOrder => Box::new(InOrder),
+        }
+    }
+}
+
+/// Rarest first. Among the rarest, a random one of those within `window` parts of the first
+/// part we lack (or the first one past it, if none is): random so that members fetching from the
+/// same seeder ask for different parts, windowed so that parts arrive roughly in order and the
+/// whole-file checksum can follow the download instead of costing a second pass at the end.
+/// Once every missing part is requested somewhere, a second request for a part already out
+/// (the endgame), so that the last parts do not wait on one slow peer.
+pub struct RarestFirst;
+
+impl PiecePolicy for RarestFirst {
+    fn pick(&mut self, parts: &PartsView, ask: &Ask) -> Option<u32> {
+        let mut best: Option<(u8, u32, u32)> = None; // (in_flight, availability, index)
+        let mut ties = 0u32;
+        let mut window_end: Option<u32> = None;
+        let mut examined = 0u32;
+        for index in parts.first_missing..parts.have.len() {
+            if parts.have.get(index) {
+                continue;
+            }
+            examined += 1;
+            if examined > MAX_CANDIDATES && best.is_some() {
+                break;
+            }
+            // The window starts at the first part we lack, whoever has it.
+            let window_end = *window_end.get_or_insert(index.saturating_add(ask.window.max(1)));
+            if !parts.may_request(index, ask.their_have, ask.already_asked) {
+                continue;
+            }
+            let i = index as usize;
+            let key = (parts.in_flight[i], parts.availability[i]);
+            match best {
+                Some((f, a, _)) if key > (f, a) => {}
+                Some((f, a, _)) if key == (f, a) => {
+                    if index < window_end {
+                        ties += 1;
+                        if fastrand::u32(0..ties) == 0 {
+                            best = Some((key.0, key.1, index));
+                        }
+                    }
+                }
+                _ => {
+                    best = Some((key.0, key.1, index));
+                    ties = 1;
+                }
+            }
+        }
+        // Lowest (in flight, availability) wins, so a part already out is only chosen when every
+        // missing part this peer has is out somewhere. A second request is the endgame, and
+        // only worth its cost once every missing part anyone has is out: before that, a slot
+        // left empty is better than bytes sent twice.
+        let (in_flight, _, index) = best?;
+        if in_flight > 0 && parts.some_part_waits() {
+            return None;
+        }
+        Some(index)
+    }
+}
+
+/// The first part the peer can give us, in file order; the endgame as in [`RarestFirst`]. For
+/// a consumer that reads the file while it arrives, and for tests that need a known order.
+pub struct InOrder;
+
+impl PiecePolicy for InOrder {
+    fn pick(&mut self, parts: &PartsView, ask: &Ask) -> Option<u32> {
+        let allowed = |index: u32| parts.may_request(index, ask.their_have, ask.already_asked);
+        let mut candidates = (parts.first_missing..parts.have.len()).filter(|&i| allowed(i));
+        let first_free = candidates
+            .clone()
+            .find(|&i| parts.in_flight[i as usize] == 0);
+        match first_free {
+            Some(index) => Some(index),
+            None if parts.some_part_waits() => None,
+            None => candidates.next(),
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! Announcing to the conductor: at the interval it asks for (with jitter), with backoff while
+//! it is away, and a `LEAVE` on the way out. Peers already known keep working meanwhile.
+
+use std::time::Duration;
+
+use crate::conductor;
+use crate::member::shared::Shared;
+use crate::member::Event;
+
+/// How long one exchange with the conductor may take.
+const CONDUCTOR_TIMEOUT: Duration = Duration::from_secs(5);
+/// Shortest re-announce interval we accept from a conductor.
+const MIN_ANNOUNCE_INTERVAL: Duration = Duration::from_millis(100);
+/// Longest wait between attempts while the conductor is unreachable.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+pub fn announce_loop(shared: &Shared) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let wait = match conductor::announce(
+            &shared.orch.conductor,
+            shared.swarm,
+            shared.peer_id,
+            shared.listen_port,
+            CONDUCTOR_TIMEOUT,
+        ) {
+            Ok((interval, peers)) => {
+                backoff = Duration::from_secs(1);
+                log::debug!(
+                    "conductor: {} peers, next announce in {interval:?}",
+                    peers.len()
+                );
+                shared.emit(Event::ConductorOk { peers: peers.len() });
+                shared.book.learn(peers.into_iter());
+                // Jitter spreads the announces of members that started together; the floor
+                // keeps a broken conductor from making us announce in a tight loop.
+                interval
+                    .max(MIN_ANNOUNCE_INTERVAL)
+                    .mul_f64(0.75 + 0.25 * fastrand::f64())
+            }
+            Err(e) => {
+                let error = format!("{e:#}");
+                // The error names the conductor already.
+                log::warn!("{error}; retrying in {backoff:?}");
+                shared.emit(Event::ConductorUnreachable {
+                    error,
+                    retry_in: backoff,
+                });
+                let wait = backoff;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                wait
+            }
+        };
+        if shared.wait_for_shutdown(wait) {
+            return;
+        }
+    }
+}
+
+/// Tells the conductor we are leaving, waiting at most `timeout`.
+pub fn leave(shared: &Shared, timeout: Duration) {
+    if let Err(e) = conductor::leave(
+        &shared.orch.conductor,
+        shared.swarm,
+        shared.peer_id,
+        shared.listen_port,
+        timeout,
+    ) {
+        log::debug!("could not tell the conductor we are leaving: {e:#}");
+    }
+}
