@@ -5,7 +5,8 @@
 //! - [`conductor`]: a conductor binary on 127.0.0.1, and announcing as a member would;
 //! - [`swarm`]: sample data, temporary swarms (a file, its `.orch`, a seed folder), members;
 //! - [`events`]: reading the `--json` events a member wrote;
-//! - [`proxy`]: a rate-limited relay in front of a member.
+//! - [`proxy`]: a rate-limited relay in front of a member;
+//! - [`fake_peer`]: an in-process peer that speaks the member-to-member protocol.
 //!
 //! Every test file includes this module with `mod common;` and `use common::*;`; each uses a
 //! different subset, hence `dead_code` and unused re-exports are allowed here.
@@ -13,6 +14,7 @@
 
 pub mod conductor;
 pub mod events;
+pub mod fake_peer;
 pub mod process;
 pub mod proxy;
 pub mod swarm;
@@ -20,6 +22,7 @@ pub mod wait;
 
 pub use conductor::*;
 pub use events::*;
+pub use fake_peer::*;
 pub use process::*;
 pub use proxy::*;
 pub use swarm::*;
