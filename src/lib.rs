@@ -6,6 +6,7 @@
 //! [`member`] the peer.
 
 pub mod cli;
+pub mod compose;
 pub mod conductor;
 pub mod hashing;
 pub mod json;

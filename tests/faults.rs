@@ -16,72 +16,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use torrentnchill::orch::Orchestra;
 
 const LIMIT: Duration = Duration::from_secs(60);
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
 /// `--peer-timeout` for members under test, in seconds.
 const PEER_TIMEOUT: f64 = 2.0;
-
-/// A sample file next to its .orch, in a temporary folder.
-struct Sample {
-    tmp: tempfile::TempDir,
-    data: Vec<u8>,
-    /// The folder holding the original (a seeder's --dir).
-    seed_dir: PathBuf,
-    orch_path: PathBuf,
-    orch: Orchestra,
-}
-
-fn sample(name: &str, len: usize, part_size: &str, conductor: &str, seed: u64) -> Sample {
-    let tmp = tempfile::tempdir().unwrap();
-    let seed_dir = tmp.path().join("seed");
-    std::fs::create_dir_all(&seed_dir).unwrap();
-    let data = sample_data(len, seed);
-    let file = seed_dir.join(name);
-    std::fs::write(&file, &data).unwrap();
-    let (orch_path, orch) = compose(&file, conductor, part_size);
-    let orch_path = {
-        // Keep the .orch outside the seed folder, where members are pointed.
-        let moved = tmp.path().join(orch_path.file_name().unwrap());
-        std::fs::rename(&orch_path, &moved).unwrap();
-        moved
-    };
-    Sample {
-        tmp,
-        data,
-        seed_dir,
-        orch_path,
-        orch,
-    }
-}
-
-impl Sample {
-    fn dir(&self, name: &str) -> PathBuf {
-        self.tmp.path().join(name)
-    }
-
-    /// A copy of the .orch that names no reachable conductor: a seeder started with it is
-    /// found only through the address the test announces for it.
-    fn hidden_orch(&self) -> PathBuf {
-        orch_for_conductor(
-            &self.orch_path,
-            NO_CONDUCTOR,
-            &self.tmp.path().join("hidden.orch"),
-        )
-    }
-
-    fn assert_copy(&self, dir: &Path, who: &str) {
-        let copy = std::fs::read(dir.join(&self.orch.filename))
-            .unwrap_or_else(|e| panic!("{who}: no final file: {e}"));
-        assert!(
-            copy == self.data,
-            "{who}: the final file differs from the original"
-        );
-        assert!(!dir.join(format!("{}.part", self.orch.filename)).exists());
-    }
-}
 
 /// Starts a member and waits for its `start` event; returns it with its listen address.
 fn start_member(
@@ -435,23 +375,6 @@ fn the_conductor_goes_away_and_comes_back_on_the_same_port() {
     for (events, dir) in [(&events_a, "a"), (&events_b, "b")] {
         wait_for_event(events, "complete", LIMIT, |_| true);
         s.assert_copy(&s.dir(dir), dir);
-    }
-}
-
-/// Starts a conductor again on the port of one that was stopped. The port is free, but for a
-/// moment it may serve as the local port of an outgoing connection (the kernel hands out free
-/// ports): try again until it binds, within a deadline.
-fn restart_conductor(addr: &str, extra: &[&str]) -> Conductor {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match try_start_conductor_on(addr, extra) {
-            Ok(conductor) => return conductor,
-            Err(e) => {
-                eprintln!("restarting the conductor on {addr}: {e}");
-                assert!(Instant::now() < deadline, "cannot restart the conductor");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
     }
 }
 

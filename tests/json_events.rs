@@ -5,17 +5,18 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 
 use common::*;
 use torrentnchill::orch::Orchestra;
-use torrentnchill::wire::{have_map_len, Hello, LineReader, PeerId, PeerMessage};
+use torrentnchill::wire::PeerId;
 
 const LIMIT: Duration = Duration::from_secs(60);
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -118,65 +119,6 @@ fn start_json_conductor(dir: &Path) -> JsonConductor {
         proc,
         addr: addr.unwrap(),
         out,
-    }
-}
-
-/// A peer that claims every part and sends garbage for each one it is asked for.
-fn start_lying_peer(orch: &Orchestra, conductor: &str) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let peer_id = PeerId::random();
-    torrentnchill::conductor::announce(conductor, orch.swarm_id(), peer_id, port, TIMEOUT).unwrap();
-    let orch = orch.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let orch = orch.clone();
-            std::thread::spawn(move || {
-                let _ = lie(&orch, stream, peer_id, port);
-            });
-        }
-    });
-}
-
-fn lie(
-    orch: &Orchestra,
-    stream: TcpStream,
-    peer_id: PeerId,
-    port: u16,
-) -> Result<(), Box<dyn std::error::Error>> {
-    stream.set_read_timeout(Some(LIMIT))?;
-    let mut out = stream.try_clone()?;
-    let mut reader = LineReader::new(BufReader::new(stream));
-    Hello::parse(reader.read_line()?)?;
-    let parts = orch.part_count();
-    let mut map = vec![0u8; have_map_len(parts)];
-    for i in 0..parts {
-        map[i as usize / 8] |= 0x80 >> (i % 8);
-    }
-    let hello = Hello {
-        swarm: orch.swarm_id(),
-        peer_id,
-        listen_port: port,
-    };
-    out.write_all(hello.to_line().as_bytes())?;
-    out.write_all(
-        PeerMessage::HaveMap { bytes: map.len() }
-            .to_line()
-            .as_bytes(),
-    )?;
-    out.write_all(&map)?;
-    let part_len = |i: u32| orch.part_len(i);
-    loop {
-        let line = reader.read_line()?.to_string();
-        match PeerMessage::parse(&line, parts, part_len)? {
-            PeerMessage::HaveMap { bytes } => reader.read_payload(&mut vec![0; bytes])?,
-            PeerMessage::Request(index) => {
-                let len = part_len(index);
-                out.write_all(PeerMessage::Piece { index, len }.to_line().as_bytes())?;
-                out.write_all(&vec![0x5a; len])?;
-            }
-            _ => {}
-        }
     }
 }
 
@@ -307,8 +249,22 @@ fn every_json_line_matches_docs_json_md() {
 
     // --- member: a lying peer is caught (part_rejected, peer_dropped).
     let other = start_conductor(&["--interval", "1s"]);
-    let liar_orch = orch_for(&orch_path, &other.addr, &tmp.path().join("liar.orch"));
-    start_lying_peer(&orch, &other.addr);
+    let liar_orch = orch_for_conductor(&orch_path, &other.addr, &tmp.path().join("liar.orch"));
+    // A peer that claims every part and corrupts each one it is asked for.
+    let every_part = (0..orch.part_count()).collect();
+    let liar = FakePeer::start(
+        &orch,
+        Arc::new(data.clone()),
+        Behaviour::Corrupt(every_part),
+    );
+    torrentnchill::conductor::announce(
+        &other.addr,
+        orch.swarm_id(),
+        PeerId::random(),
+        liar.addr().port(),
+        TIMEOUT,
+    )
+    .unwrap();
     let (mut victim, victim_out) = spawn_member("victim", &liar_orch, &tmp.path().join("v"), &[]);
     wait_until(LIMIT, "a rejected part", || {
         last_event(&victim_out, "part_rejected").is_some()
@@ -339,7 +295,7 @@ fn every_json_line_matches_docs_json_md() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let lonely_orch = orch_for(
+    let lonely_orch = orch_for_conductor(
         &orch_path,
         &closed.to_string(),
         &tmp.path().join("lone.orch"),
@@ -502,14 +458,6 @@ fn every_json_line_matches_docs_json_md() {
             s.event
         );
     }
-}
-
-/// A copy of the .orch at `orch` naming another conductor (same swarm: line 1 is not in the id).
-fn orch_for(orch: &Path, conductor: &str, out: &Path) -> PathBuf {
-    let text = std::fs::read_to_string(orch).unwrap();
-    let (_, rest) = text.split_once('\n').unwrap();
-    std::fs::write(out, format!("{conductor}\n{rest}")).unwrap();
-    out.to_path_buf()
 }
 
 #[test]

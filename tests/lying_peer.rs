@@ -8,15 +8,15 @@ mod common;
 
 use std::io::{BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::*;
 use torrentnchill::orch::Orchestra;
-use torrentnchill::wire::{have_map_len, Hello, LineReader, PeerId, PeerMessage, WireError};
+use torrentnchill::sync::Mutex;
+use torrentnchill::wire::{Hello, LineReader, PeerId, PeerMessage, WireError};
 
 const LIMIT: Duration = Duration::from_secs(60);
 /// `--peer-timeout` of the member under test.
@@ -38,7 +38,7 @@ enum Lie {
     IndexOutOfRange,
     /// Sends 10 MB without a line end.
     HugeLine,
-    /// Sends random bytes.
+    /// Sends random bytes: [`garbage`].
     Garbage,
     /// Sends half of a requested part, then nothing, with the connection open.
     StallMidPart,
@@ -125,7 +125,7 @@ impl Liar {
     }
 
     fn times_lied(&self) -> usize {
-        self.state.lied.lock().unwrap().len()
+        self.state.lied.lock().len()
     }
 
     /// For each lie whose connection the member closed: how long after the lie.
@@ -133,7 +133,6 @@ impl Liar {
         self.state
             .lied
             .lock()
-            .unwrap()
             .iter()
             .filter_map(|(lied, closed)| closed.map(|c| c.duration_since(*lied)))
             .collect()
@@ -141,19 +140,16 @@ impl Liar {
 }
 
 fn small_receive_buffer(listener: &TcpListener) {
-    use std::os::unix::io::AsRawFd;
-    let size: libc::c_int = 4096;
-    // SAFETY: setsockopt on a valid socket with a pointer to a c_int and its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            listener.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "setsockopt SO_RCVBUF");
+    socket2::SockRef::from(listener)
+        .set_recv_buffer_size(4096)
+        .expect("setsockopt SO_RCVBUF");
+}
+
+/// What [`Lie::Garbage`] sends: 64 KiB of random bytes, always the same ones. Their first line
+/// ends at byte 509 and is not UTF-8, so the member must refuse it for exactly that reason
+/// ([`a_random_garbage_line_is_refused`] checks that it is so).
+fn garbage() -> Vec<u8> {
+    sample_data(64 * 1024, 7)
 }
 
 impl Drop for Liar {
@@ -168,21 +164,19 @@ impl Drop for Liar {
 
 impl LiarState {
     fn part(&self, index: u32) -> &[u8] {
-        let span = self.orch.part_span(index).unwrap();
-        let (offset, len) = (span.offset, span.len);
-        &self.data[offset as usize..offset as usize + len]
+        part_of(&self.orch, &self.data, index).expect("a part of the file")
     }
 
     /// Records a lie; returns its slot, to note when the member hangs up.
     fn lying(&self) -> usize {
-        let mut lied = self.lied.lock().unwrap();
+        let mut lied = self.lied.lock();
         lied.push((Instant::now(), None));
         lied.len() - 1
     }
 
     fn hung_up(&self, slot: Option<usize>) {
         if let Some(slot) = slot {
-            self.lied.lock().unwrap()[slot].1 = Some(Instant::now());
+            self.lied.lock()[slot].1 = Some(Instant::now());
         }
     }
 
@@ -241,11 +235,9 @@ fn converse(state: &LiarState, stream: &TcpStream) -> std::io::Result<()> {
             slot = Some(state.lying());
         } else {
             // The have-map: everything, or nothing for the liars that only talk.
-            let mut map = vec![0u8; have_map_len(parts)];
-            if !matches!(state.lie, Lie::PexFlood | Lie::RejectFlood) {
-                for i in 0..parts {
-                    map[(i / 8) as usize] |= 0x80 >> (i % 8);
-                }
+            let mut map = have_map_of_all(parts);
+            if matches!(state.lie, Lie::PexFlood | Lie::RejectFlood) {
+                map.fill(0);
             }
             if state.lie == Lie::Unrequested {
                 // Without the last part, which the member therefore never asks us for.
@@ -376,7 +368,7 @@ fn converse(state: &LiarState, stream: &TcpStream) -> std::io::Result<()> {
             }
             Lie::Garbage => {
                 slot = Some(state.lying());
-                let _ = out.write_all(&sample_data(64 * 1024, u64::from(index) + 7));
+                let _ = out.write_all(&garbage());
             }
             Lie::StallMidPart | Lie::TrickleMidPart => {
                 slot = Some(state.lying());
@@ -398,9 +390,7 @@ fn converse(state: &LiarState, stream: &TcpStream) -> std::io::Result<()> {
 /// One scripted liar, a member that meets it first, and an honest seeder that joins once the
 /// liar has lied.
 struct Scene {
-    tmp: tempfile::TempDir,
-    data: Vec<u8>,
-    orch_path: PathBuf,
+    swarm: Sample,
     conductor: Conductor,
     liar: Liar,
     _listed: KeepAnnounced,
@@ -408,23 +398,22 @@ struct Scene {
 
 fn scene(lie: Lie, len: usize, part_size: &str) -> Scene {
     let conductor = start_conductor(&["--interval", "500ms"]);
-    let tmp = tempfile::tempdir().unwrap();
-    let seed_dir = tmp.path().join("seed");
-    std::fs::create_dir_all(&seed_dir).unwrap();
-    let data = sample_data(len, 0x11e + len as u64);
-    std::fs::write(seed_dir.join("victim.bin"), &data).unwrap();
-    let (orch_path, orch) = compose(&seed_dir.join("victim.bin"), &conductor.addr, part_size);
-    let liar = Liar::start(lie, &orch, &data);
+    let swarm = sample(
+        "victim.bin",
+        len,
+        part_size,
+        &conductor.addr,
+        0x11e + len as u64,
+    );
+    let liar = Liar::start(lie, &swarm.orch, &swarm.data);
     let listed = keep_announced(
         &conductor.addr,
-        orch.swarm_id(),
+        swarm.orch.swarm_id(),
         liar.addr.port(),
         Duration::from_millis(400),
     );
     Scene {
-        tmp,
-        data,
-        orch_path,
+        swarm,
         conductor,
         liar,
         _listed: listed,
@@ -452,33 +441,31 @@ impl Outcome {
 impl Scene {
     /// Runs a member that meets the liar first; starts the honest seeder once the liar lied.
     fn run_member(&self, extra: &[&str]) -> Outcome {
-        let dir = self.tmp.path().join("member");
+        let dir = self.swarm.dir("member");
         let timeout = PEER_TIMEOUT.as_secs_f64().to_string();
         let mut flags = vec!["--exit-when-done", "--peer-timeout", &timeout];
         flags.extend_from_slice(extra);
-        let (mut member, events) = spawn_member("member", &self.orch_path, &dir, &flags);
+        let (mut member, events) = spawn_member("member", &self.swarm.orch_path, &dir, &flags);
         wait_until(LIMIT, "the liar to lie", || self.liar.times_lied() > 0);
         // The liar is the only peer until the member hangs up on it, so that every lie meets
         // the member's own defences rather than an honest seeder racing it. Past the longest
         // timeout that applies (the 5 s handshake), the honest seeder joins anyway, and the
         // test reports the lie as unnoticed.
-        let deadline = Instant::now() + Duration::from_secs(5) + MARGIN;
-        while self.liar.detection_times().is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        poll_until(Duration::from_secs(5) + MARGIN, || {
+            !self.liar.detection_times().is_empty()
+        });
         let honest = Instant::now();
         let (_seeder, _) = spawn_member(
             "honest seeder",
-            &self.orch_path,
-            &self.tmp.path().join("seed"),
+            &self.swarm.orch_path,
+            &self.swarm.seed_dir,
             &[],
         );
         let status = member.wait_exit(LIMIT);
         let finish = honest.elapsed();
         let stderr = std::fs::read_to_string(dir.with_extension("stderr.log")).unwrap();
         assert!(status.success(), "member: {status}\n{stderr}");
-        let copy = std::fs::read(dir.join("victim.bin")).unwrap();
-        assert!(copy == self.data, "a bad byte reached the final file");
+        self.swarm.assert_copy(&dir, "the member");
         let events = read_events(&events);
         let summary = events
             .iter()
@@ -558,8 +545,14 @@ fn a_10_mb_line_is_refused_without_reading_it() {
 }
 
 #[test]
-fn random_garbage_is_refused() {
-    banned_for(Lie::Garbage, "");
+fn a_random_garbage_line_is_refused() {
+    // What the member must say follows from the bytes: their first line is short enough to be
+    // read whole, and it is not text.
+    let garbage = garbage();
+    let line_end = garbage.iter().position(|&b| b == b'\n').unwrap();
+    assert!(line_end <= torrentnchill::wire::MAX_LINE, "{line_end}");
+    assert!(std::str::from_utf8(&garbage[..line_end]).is_err());
+    banned_for(Lie::Garbage, "control line is not UTF-8 text");
 }
 
 #[test]
@@ -649,8 +642,8 @@ fn a_flood_of_requests_that_are_never_read_is_cut_short() {
     // The default peer timeout (20 s) gives the flood time to show; memory must stay bounded
     // and the flooder must be dropped long before the writer's timeout.
     let scene = scene(Lie::RejectFlood, 1024 * 1024 + 333, "16K");
-    let dir = scene.tmp.path().join("flooded");
-    let (member, events) = spawn_member("member", &scene.orch_path, &dir, &[]);
+    let dir = scene.swarm.dir("flooded");
+    let (member, events) = spawn_member("member", &scene.swarm.orch_path, &dir, &[]);
     wait_until(LIMIT, "the flood to start", || scene.liar.times_lied() > 0);
     let started = Instant::now();
     let mut peak = 0;

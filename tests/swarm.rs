@@ -2,19 +2,11 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use common::*;
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-fn write_sample(dir: &Path, name: &str, len: usize) -> (std::path::PathBuf, Vec<u8>) {
-    let data = sample_data(len, 0x5eed);
-    let path = dir.join(name);
-    std::fs::write(&path, &data).unwrap();
-    (path, data)
-}
 
 #[test]
 fn one_seeder_three_members_get_identical_copies() {

@@ -15,7 +15,6 @@ use portable_pty::{native_pty_system, CommandBuilder, MasterPty, PtySize, SlaveP
 
 use common::*;
 use torrentnchill::orch::Orchestra;
-use torrentnchill::wire::PeerId;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -196,16 +195,6 @@ fn parts_shown(frame: &str) -> Option<(u32, u32)> {
     Some((done.parse().ok()?, total.parse().ok()?))
 }
 
-/// The members the conductor would hand a newcomer to the swarm. The test asks as a member of
-/// its own (on port 9, where nobody serves) and leaves at once.
-fn listed(conductor: &str, orch: &Orchestra) -> Vec<SocketAddr> {
-    let (swarm, id, timeout) = (orch.swarm_id(), PeerId::random(), Duration::from_secs(5));
-    let (_, peers) = torrentnchill::conductor::announce(conductor, swarm, id, 9, timeout)
-        .expect("the conductor answers");
-    torrentnchill::conductor::leave(conductor, swarm, id, 9, timeout).expect("leave");
-    peers
-}
-
 /// A swarm with nobody in it but a member in a terminal, which waits for peers.
 struct Waiting {
     _tmp: tempfile::TempDir,
@@ -246,7 +235,10 @@ fn member_waiting_for_peers(size: usize) -> Waiting {
     assert!(empty.contains("ETA --"), "{empty}");
     let mut addr = None;
     wait_until(LIMIT, "the member to announce itself", || {
-        addr = listed(&conductor.addr, &orch).first().copied();
+        addr = listed(&conductor.addr, orch.swarm_id())
+            .unwrap()
+            .first()
+            .copied();
         addr.is_some()
     });
     Waiting {
@@ -292,7 +284,7 @@ fn assert_quit_cleanly(w: &mut Waiting, summary_starts: &str) {
             "a log line reached the terminal: {frame}"
         );
     }
-    let peers = listed(&w.conductor.addr, &w.orch);
+    let peers = listed(&w.conductor.addr, w.orch.swarm_id()).unwrap();
     assert!(
         !peers.contains(&w.addr),
         "the conductor still lists {} after it quit: {peers:?}",
