@@ -40,7 +40,7 @@ use anyhow::Context;
 use crate::cli::exit;
 use crate::orch::{Orchestra, SwarmId};
 use picker::Picker;
-use policy::PolicyKind;
+use policy::PolicyFactory;
 use shared::Shared;
 use storage::{FileStorageFactory, StorageFactory};
 
@@ -63,7 +63,7 @@ pub struct MemberConfig {
     /// Requests in flight per peer; `None` picks from the part size.
     pub pipeline: Option<usize>,
     /// Which part to ask for next.
-    pub policy: PolicyKind,
+    pub policy: PolicyFactory,
 }
 
 impl MemberConfig {
@@ -79,7 +79,7 @@ impl MemberConfig {
             max_peers: DEFAULT_MAX_PEERS,
             peer_timeout: DEFAULT_PEER_TIMEOUT,
             pipeline: None,
-            policy: PolicyKind::default(),
+            policy: policy::rarest_first,
         }
     }
 }
@@ -212,7 +212,7 @@ impl Member {
         let complete = opened.complete;
         let shared = Arc::new(
             Shared::new(shared::Parts {
-                picker: Picker::new(opened.have, config.policy.build()),
+                picker: Picker::new(opened.have, (config.policy)()),
                 storage: opened.storage,
                 complete,
                 listener: listener

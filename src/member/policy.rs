@@ -61,21 +61,17 @@ pub trait PiecePolicy: Send {
     fn pick(&mut self, parts: &PartsView, ask: &Ask) -> Option<u32>;
 }
 
-/// The policies a member can be configured with.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum PolicyKind {
-    #[default]
-    RarestFirst,
-    InOrder,
+/// Makes the policy a member runs with (`MemberConfig::policy`); a plain function, so that a
+/// configuration stays `Clone` and a test can bring its own policy.
+pub type PolicyFactory = fn() -> Box<dyn PiecePolicy>;
+
+/// The default: [`RarestFirst`].
+pub fn rarest_first() -> Box<dyn PiecePolicy> {
+    Box::new(RarestFirst)
 }
 
-impl PolicyKind {
-    pub fn build(self) -> Box<dyn PiecePolicy> {
-        match self {
-            PolicyKind::RarestFirst => Box::new(RarestFirst),
-            PolicyKind::InOrder => Box::new(InOrder),
-        }
-    }
+pub fn in_order() -> Box<dyn PiecePolicy> {
+    Box::new(InOrder)
 }
 
 /// Rarest first. Among the rarest, a random one of those within `window` parts of the first

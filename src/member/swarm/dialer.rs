@@ -46,17 +46,33 @@ fn dial(shared: &Arc<Shared>, addr: SocketAddr) -> bool {
     shared
         .spawn("peer-out", OnPanic::DropPeer, move || {
             let shared = for_dial;
+            // Told to the book however the dial ends, a panic included, or the address would
+            // stay marked as being dialed and never be dialed again.
+            let mut ended = DialEnded {
+                shared: &shared,
+                addr,
+                connected: false,
+            };
             let stopping = || shared.is_shutting_down();
             let result = crate::net::connect(addr, HANDSHAKE_TIMEOUT, &stopping)
                 .map_err(|e| anyhow::anyhow!("cannot connect: {e}"))
                 .and_then(|stream| serve(&shared, stream, Some(addr), slot));
             match result {
-                Ok(()) => shared.book.dial_ended(addr, true),
-                Err(e) => {
-                    log::debug!("peer {addr}: {e:#}");
-                    shared.book.dial_ended(addr, false);
-                }
+                Ok(()) => ended.connected = true,
+                Err(e) => log::debug!("peer {addr}: {e:#}"),
             }
         })
         .is_ok()
+}
+
+struct DialEnded<'a> {
+    shared: &'a Shared,
+    addr: SocketAddr,
+    connected: bool,
+}
+
+impl Drop for DialEnded<'_> {
+    fn drop(&mut self) {
+        self.shared.book.dial_ended(self.addr, self.connected);
+    }
 }

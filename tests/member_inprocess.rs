@@ -1,0 +1,275 @@
+//! A `Member` run in this process, with the file in memory, against in-process fake peers and an
+//! in-process conductor: no binaries, no disk. Complements the end-to-end tests, which run the
+//! real programs: here a test can see the member's storage, events and threads directly.
+//!
+//! The tests share one lock: the thread-count test counts the whole process's member threads,
+//! so no other member may run beside it.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{sample_data, wait_for, wait_until, Behaviour, FakePeer};
+use torrentnchill::conductor::{self, Conductor, ConductorConfig};
+use torrentnchill::member::policy::{Ask, PartsView, PiecePolicy, RarestFirst};
+use torrentnchill::member::storage::MemoryStorageFactory;
+use torrentnchill::member::{Event, Member, MemberConfig, Phase};
+use torrentnchill::orch::{Checksum, Orchestra};
+use torrentnchill::sync::Mutex;
+
+const LIMIT: Duration = Duration::from_secs(30);
+const PART: u64 = 16 << 10;
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// A file of `parts` parts of 16 KiB (the last one short) and its `.orch` for `conductor`.
+fn swarm_file(parts: u64, conductor: SocketAddr, seed: u64) -> (Orchestra, Arc<Vec<u8>>) {
+    let data = sample_data((parts * PART - 1000) as usize, seed);
+    let part_checksums = data.chunks(PART as usize).map(Checksum::of).collect();
+    let orch = Orchestra::new(
+        &conductor.to_string(),
+        "inprocess.bin",
+        Checksum::of(&data),
+        data.len() as u64,
+        PART,
+        part_checksums,
+    )
+    .unwrap();
+    (orch, Arc::new(data))
+}
+
+fn start_conductor() -> Conductor {
+    Conductor::start(ConductorConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        interval: Duration::from_millis(300),
+        ..ConductorConfig::default()
+    })
+    .unwrap()
+}
+
+/// Tells the conductor about `peer`, as a member would announce itself.
+fn announce(orch: &Orchestra, peer: &FakePeer) {
+    conductor::announce(
+        &orch.conductor,
+        orch.swarm_id(),
+        peer.peer_id(),
+        peer.addr().port(),
+        LIMIT,
+    )
+    .unwrap();
+}
+
+/// A member keeping the file in memory, listening on 127.0.0.1.
+fn member_config(storage: &MemoryStorageFactory) -> MemberConfig {
+    let mut config = MemberConfig::with_storage(Arc::new(storage.clone()));
+    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.peer_timeout = Duration::from_secs(1);
+    config
+}
+
+/// The events up to `Complete` (or a failure, which fails the test).
+fn events_until_complete(events: &Receiver<Event>) -> Vec<Event> {
+    let deadline = Instant::now() + LIMIT;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let event = events
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("not complete within {LIMIT:?}; events: {seen:?}"));
+        if let Event::Fatal { error } = &event {
+            panic!("the member failed: {error}");
+        }
+        let complete = event == Event::Complete;
+        seen.push(event);
+        if complete {
+            return seen;
+        }
+    }
+}
+
+fn assert_stored(storage: &MemoryStorageFactory, data: &[u8]) {
+    let stored = storage.storage().expect("the member opened its storage");
+    assert!(stored.is_finished(), "the download was not finished");
+    assert!(stored.contents() == data, "the stored bytes differ from the file");
+}
+
+#[test]
+fn a_clean_fetch_from_an_honest_peer() {
+    let _alone = ONE_AT_A_TIME.lock();
+    let conductor = start_conductor();
+    let (orch, data) = swarm_file(40, conductor.local_addr(), 1);
+    let peer = FakePeer::start(&orch, Arc::clone(&data), Behaviour::Honest);
+    announce(&orch, &peer);
+    let storage = MemoryStorageFactory::empty();
+    let (member, events) = Member::start(orch, member_config(&storage), &|_| {}).unwrap();
+    let seen = events_until_complete(&events);
+    assert!(seen.contains(&Event::PeerConnected { addr: peer.addr() }));
+    assert_stored(&storage, &data);
+    let status = member.status();
+    assert_eq!(status.phase, Phase::Sharing);
+    assert_eq!((status.parts_done, status.parts_rejected), (40, 0));
+    assert_eq!(status.bytes_down, data.len() as u64);
+    assert_eq!(peer.bytes_sent(), data.len() as u64, "no part was sent twice");
+    member.quit(LIMIT);
+    conductor.shutdown();
+}
+
+#[test]
+fn a_lying_peer_is_dropped_and_its_parts_come_from_another() {
+    let _alone = ONE_AT_A_TIME.lock();
+    let conductor = start_conductor();
+    let (orch, data) = swarm_file(40, conductor.local_addr(), 2);
+    let every_part: BTreeSet<u32> = (0..40).collect();
+    let liar = FakePeer::start(&orch, Arc::clone(&data), Behaviour::Corrupt(every_part));
+    announce(&orch, &liar);
+    let storage = MemoryStorageFactory::empty();
+    let (member, events) = Member::start(orch.clone(), member_config(&storage), &|_| {}).unwrap();
+    // Once the liar has been caught, an honest peer comes along.
+    let rejected = wait_for(LIMIT, "a rejected part", || {
+        events.recv_timeout(LIMIT).ok().and_then(|event| match event {
+            Event::PartRejected { index, addr } => Some((index, addr)),
+            _ => None,
+        })
+    });
+    assert_eq!(rejected.1, liar.addr());
+    let honest = FakePeer::start(&orch, Arc::clone(&data), Behaviour::Honest);
+    announce(&orch, &honest);
+    let seen = events_until_complete(&events);
+    let liar_dropped = seen.iter().any(|event| {
+        matches!(event, Event::PeerDropped { addr, reason }
+            if *addr == liar.addr() && reason.contains("failed its checksum"))
+    });
+    assert!(liar_dropped, "the liar was not dropped for it: {seen:?}");
+    assert_stored(&storage, &data);
+    assert!(member.status().parts_rejected >= 1);
+    // Banned: the liar is never connected to again.
+    let connections = liar.connections();
+    member.quit(LIMIT);
+    assert_eq!(liar.connections(), connections);
+    conductor.shutdown();
+}
+
+#[test]
+fn a_stalled_peer_is_dropped_and_the_rest_comes_from_another() {
+    let _alone = ONE_AT_A_TIME.lock();
+    let conductor = start_conductor();
+    let (orch, data) = swarm_file(40, conductor.local_addr(), 3);
+    let stalled = FakePeer::start(&orch, Arc::clone(&data), Behaviour::Stall);
+    announce(&orch, &stalled);
+    let storage = MemoryStorageFactory::empty();
+    let (member, events) = Member::start(orch.clone(), member_config(&storage), &|_| {}).unwrap();
+    let (addr, reason) = wait_for(LIMIT, "the stalled peer dropped", || {
+        events.recv_timeout(LIMIT).ok().and_then(|event| match event {
+            Event::PeerDropped { addr, reason } => Some((addr, reason)),
+            _ => None,
+        })
+    });
+    assert_eq!(addr, stalled.addr());
+    assert!(
+        reason.contains("sent no requested part"),
+        "dropped for {reason:?}"
+    );
+    assert!(stalled.requests() > 0);
+    assert_eq!(member.status().parts_done, 0);
+    let honest = FakePeer::start(&orch, Arc::clone(&data), Behaviour::Honest);
+    announce(&orch, &honest);
+    events_until_complete(&events);
+    assert_stored(&storage, &data);
+    member.quit(LIMIT);
+    conductor.shutdown();
+}
+
+/// The names of the threads a member starts (see `Shared::spawn`).
+const MEMBER_THREADS: [&str; 8] = [
+    "listener",
+    "peer-in",
+    "peer-out",
+    "peer-writer",
+    "announcer",
+    "connector",
+    "full-hash",
+    "finisher",
+];
+
+/// Threads of this process whose name is one of a member's.
+fn member_threads() -> usize {
+    let tasks = std::fs::read_dir("/proc/self/task").expect("/proc/self/task");
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
+        .filter(|name| MEMBER_THREADS.contains(&name.trim()))
+        .count()
+}
+
+#[test]
+fn quit_joins_every_thread_even_in_the_middle_of_a_fetch() {
+    let _alone = ONE_AT_A_TIME.lock();
+    let conductor = start_conductor();
+    let (orch, data) = swarm_file(40, conductor.local_addr(), 4);
+    // A stalled peer keeps the member fetching, with connections and requests in flight.
+    let stalled = FakePeer::start(&orch, Arc::clone(&data), Behaviour::Stall);
+    announce(&orch, &stalled);
+    assert_eq!(member_threads(), 0, "a member of another test is still running");
+    let storage = MemoryStorageFactory::empty();
+    let mut config = member_config(&storage);
+    config.peer_timeout = Duration::from_secs(60);
+    let (member, events) = Member::start(orch, config, &|_| {}).unwrap();
+    wait_for(LIMIT, "a connection to the stalled peer", || {
+        events
+            .recv_timeout(LIMIT)
+            .ok()
+            .filter(|event| matches!(event, Event::PeerConnected { .. }))
+    });
+    wait_until(LIMIT, "requests to the stalled peer", || {
+        stalled.requests() > 0
+    });
+    let running = member_threads();
+    // listener, announcer, connector, full-hash, and a reader and a writer for the peer.
+    assert!(running >= 6, "only {running} member threads");
+    member.quit(LIMIT);
+    assert_eq!(member_threads(), 0, "threads left after quit");
+    drop(member);
+    conductor.shutdown();
+}
+
+/// A policy that panics the first time it is asked, in whichever peer thread asks.
+struct PanicsOnce;
+
+static PANICKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl PiecePolicy for PanicsOnce {
+    fn pick(&mut self, parts: &PartsView, ask: &Ask) -> Option<u32> {
+        if !PANICKED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            panic!("a bug in a piece policy, on purpose");
+        }
+        RarestFirst.pick(parts, ask)
+    }
+}
+
+#[test]
+fn a_panic_in_a_peer_thread_drops_that_peer_not_the_member() {
+    let _alone = ONE_AT_A_TIME.lock();
+    let conductor = start_conductor();
+    let (orch, data) = swarm_file(20, conductor.local_addr(), 5);
+    let peer = FakePeer::start(&orch, Arc::clone(&data), Behaviour::Honest);
+    announce(&orch, &peer);
+    let storage = MemoryStorageFactory::empty();
+    let mut config = member_config(&storage);
+    config.policy = || Box::new(PanicsOnce);
+    let (member, events) = Member::start(orch, config, &|_| {}).unwrap();
+    let seen = events_until_complete(&events);
+    assert!(PANICKED.load(std::sync::atomic::Ordering::SeqCst));
+    let dropped_for_the_panic = seen.iter().any(|event| {
+        matches!(event, Event::PeerDropped { reason, .. } if reason.contains("internal error"))
+    });
+    assert!(dropped_for_the_panic, "{seen:?}");
+    // The peer was dialed again and served the whole file.
+    assert!(peer.connections() >= 2);
+    assert_stored(&storage, &data);
+    member.quit(LIMIT);
+    conductor.shutdown();
+}
