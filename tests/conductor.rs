@@ -480,8 +480,8 @@ fn the_handle_tells_changes_and_shutdown_joins_every_thread() {
     // A client thread blocked reading a line that never comes does not hold the shutdown up.
     let mut idle = TcpStream::connect(addr).unwrap();
     idle.write_all(b"ANNOUNCE tnc/1 ").unwrap();
-    assert!(wait_for(TIMEOUT, || conductor.clients() == 1));
-    assert!(threads_of_this_process() >= before + 4);
+    assert!(wait_for(TIMEOUT, || conductor.clients() == 1
+        && threads_of_this_process() >= before + 4));
 
     let started = Instant::now();
     let last = conductor.shutdown();

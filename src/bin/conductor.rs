@@ -123,9 +123,9 @@ fn run(args: &Args) -> Result<(), Failure> {
         ..ConductorConfig::default()
     })?;
     // Scripts and tests read the port from the first line, so it must leave the process now.
-    let printer = args.json.then(|| {
-        let events = conductor.take_events().into_iter().flatten();
-        std::thread::Builder::new().spawn(move || events.for_each(|event| json::print(&event)))
+    // Without --json nobody reads the events: dropping their receiver stops their making.
+    let printer = conductor.take_events().filter(|_| args.json).map(|events| {
+        std::thread::Builder::new().spawn(move || events.iter().for_each(|e| json::print(&e)))
     });
     let printer = printer
         .transpose()

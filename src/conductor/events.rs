@@ -51,8 +51,8 @@ pub enum ConductorEvent {
         swarm: SwarmId,
         addr: SocketAddr,
     },
-    /// Members expired in the same sweep beyond the first [`super::registry::MAX_EXPIRY_LINES`],
-    /// which have an [`ConductorEvent::Expire`] each.
+    /// Members expired in the same sweep beyond the first 100, which have an
+    /// [`ConductorEvent::Expire`] each.
     ExpireMore { count: u64 },
     /// The counters, every interval but at most once a minute, and once more (`last`) as the
     /// conductor stops.

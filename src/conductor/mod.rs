@@ -11,15 +11,15 @@
 //! joins every thread it started. The `conductor` binary is flags, this handle, and printing.
 //!
 //! The module is cut by concept:
-//! - [`registry`](self::registry): the member table (swarms, sampling, per-source caps, the
-//!   announce rate), and where join, leave and expire events are made;
-//! - [`admission`](self::admission): the table of served connections, their per-address caps and
-//!   which one gives way to a newcomer;
-//! - [`server`](self::server): the threads (accept loop, one per client, reaper, closer) and the
-//!   conversation with a client;
-//! - [`client`](self::client): the calls members and tools make ([`announce`], [`leave`],
-//!   [`stats`]), so that both sides of the protocol live in one place;
-//! - [`events`](self::events): the typed events and the bounded queue that carries them.
+//! - `registry`: the member table (swarms, sampling, per-source caps, the announce rate), and
+//!   where join, leave and expire events are made;
+//! - `admission`: the table of served connections, their per-address caps and which one gives
+//!   way to a newcomer;
+//! - `server`: the threads (accept loop, one per client, reaper, closer) and the conversation
+//!   with a client;
+//! - `client`: the calls members and tools make ([`announce`], [`leave`], [`stats`]), so that
+//!   both sides of the protocol live in one place;
+//! - `events`: the typed events and the bounded queue that carries them.
 //!
 //! Design choices that follow from staying up under load:
 //! - One blocking thread per client, capped in number, each with a per-line deadline and a
