@@ -153,7 +153,7 @@ fn main() {
 /// caps.
 fn serve(args: &Args, listen: SocketAddr) -> anyhow::Result<bool> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let conductor = Conductor::bind(ConductorConfig {
+    let mut conductor = Conductor::start(ConductorConfig {
         listen,
         interval: args.interval,
         max_clients: args.max_clients,
@@ -161,8 +161,10 @@ fn serve(args: &Args, listen: SocketAddr) -> anyhow::Result<bool> {
         max_members_per_ip: args.max_members_per_ip,
         ..ConductorConfig::default()
     })?;
-    println!("listening on {}", conductor.local_addr()?);
-    conductor.run()?;
+    println!("listening on {}", conductor.local_addr());
+    // Serves until the tool kills this process: the events end only when the conductor stops,
+    // which nothing here asks for.
+    conductor.take_events().into_iter().flatten().for_each(drop);
     Ok(true)
 }
 

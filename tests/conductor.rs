@@ -1,5 +1,6 @@
 //! Runs the real `conductor` binary on 127.0.0.1 and talks to it as members and as hostile
-//! clients would.
+//! clients would; the tests that need to watch the conductor's state run the library's
+//! [`Conductor`] in this process instead, through its handle.
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -11,7 +12,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
-use torrentnchill::conductor::{announce, leave, stats};
+use torrentnchill::conductor::{
+    announce, leave, stats, Conductor, ConductorConfig, ConductorEvent,
+};
 use torrentnchill::orch::{Checksum, SwarmId};
 use torrentnchill::wire::{PeerId, MAX_LINE};
 
@@ -351,19 +354,38 @@ fn bad_clients_get_errors_and_do_not_disturb_others() {
     assert!(trickled < Duration::from_secs(15), "{trickled:?}");
 }
 
+/// A conductor of this process on 127.0.0.1, any free port.
+fn in_process(config: ConductorConfig) -> Conductor {
+    Conductor::start(ConductorConfig {
+        listen: local(0),
+        ..config
+    })
+    .unwrap()
+}
+
 #[test]
 fn at_the_cap_idle_connections_give_way_to_members() {
-    let conductor = Running::start(&["--max-clients", "2"]);
+    let conductor = in_process(ConductorConfig {
+        max_clients: 2,
+        ..ConductorConfig::default()
+    });
+    let addr = conductor.local_addr().to_string();
     // Two connections from another machine that send half a request, then stall, fill the
-    // places.
-    let mut oldest = stalled_from(2, &conductor.addr);
-    thread::sleep(Duration::from_millis(50));
-    let mut younger = stalled_from(2, &conductor.addr);
-    thread::sleep(Duration::from_millis(50));
+    // places; the second only once the first has its place, so that it is the younger.
+    let mut oldest = stalled_from(2, &addr);
+    assert!(
+        wait_for(TIMEOUT, || conductor.clients() == 1),
+        "the first connection was never admitted"
+    );
+    let mut younger = stalled_from(2, &addr);
+    assert!(
+        wait_for(TIMEOUT, || conductor.clients() == 2),
+        "the second connection was never admitted"
+    );
     // A member arriving at the cap is served: the connection that has waited longest, from the
     // address holding the most connections, is closed to make room.
     let swarm = Checksum::of(b"cap");
-    let peers = conductor.announce(swarm, PeerId::random(), 46001);
+    let (_, peers) = announce(&addr, swarm, PeerId::random(), 46001, TIMEOUT).unwrap();
     assert!(peers.is_empty());
     assert!(
         closed_by_server(&mut oldest),
@@ -374,8 +396,121 @@ fn at_the_cap_idle_connections_give_way_to_members() {
         .set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
     assert!(!closed_by_server(&mut younger));
-    let counters = stats(&conductor.addr, TIMEOUT).unwrap();
-    assert_eq!(counters.members, 1);
+    assert_eq!(conductor.stats().members, 1);
+}
+
+/// Entries of /proc/self/task: the threads of this process.
+fn threads_of_this_process() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+/// Set in the child process [`alone`] starts.
+const ALONE: &str = "TNC_CONDUCTOR_TEST_ALONE";
+
+/// False in the test process as started: then it has run the test `name` alone in a child
+/// process of this test binary and checked that it passed. True in that child, which runs the
+/// test's body: there no other test's threads come and go, so threads can be counted.
+fn alone(name: &str) -> bool {
+    if std::env::var_os(ALONE).is_some() {
+        return true;
+    }
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--test-threads=1", "--nocapture"])
+        .env(ALONE, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains(&format!("test {name} ... ok")),
+        "{name} failed alone:\n{stdout}\n{stderr}"
+    );
+    false
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn the_handle_tells_changes_and_shutdown_joins_every_thread() {
+    if !alone("the_handle_tells_changes_and_shutdown_joins_every_thread") {
+        return;
+    }
+    let before = threads_of_this_process();
+    let mut conductor = in_process(ConductorConfig::default());
+    let addr = conductor.local_addr();
+    assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
+    let events = conductor.take_events().unwrap();
+    assert!(conductor.take_events().is_none(), "one consumer only");
+    // The accept loop, the reaper and the closer.
+    assert!(threads_of_this_process() >= before + 3);
+
+    let swarm = Checksum::of(b"handle");
+    let id = PeerId::random();
+    let conductor_addr = addr.to_string();
+    let (interval, peers) = announce(&conductor_addr, swarm, id, 9, TIMEOUT).unwrap();
+    assert_eq!((interval, peers.len()), (Duration::from_secs(30), 0));
+    let counters = conductor.stats();
+    assert_eq!((counters.swarms, counters.members), (1, 1));
+    leave(&conductor_addr, swarm, id, 9, TIMEOUT).unwrap();
+    assert_eq!(conductor.stats().members, 0);
+    let next = || events.recv_timeout(TIMEOUT).unwrap();
+    assert_eq!(
+        next(),
+        ConductorEvent::Listening {
+            addr,
+            interval_secs: 30.0
+        }
+    );
+    let member = local(9);
+    assert_eq!(
+        next(),
+        ConductorEvent::Join {
+            swarm,
+            addr: member,
+            rejoin: false
+        }
+    );
+    assert_eq!(
+        next(),
+        ConductorEvent::Leave {
+            swarm,
+            addr: member
+        }
+    );
+
+    // A client thread blocked reading a line that never comes does not hold the shutdown up.
+    let mut idle = TcpStream::connect(addr).unwrap();
+    idle.write_all(b"ANNOUNCE tnc/1 ").unwrap();
+    assert!(wait_for(TIMEOUT, || conductor.clients() == 1
+        && threads_of_this_process() >= before + 4));
+
+    let started = Instant::now();
+    let last = conductor.shutdown();
+    assert!(started.elapsed() < TIMEOUT, "{:?}", started.elapsed());
+    assert_eq!((last.swarms, last.members), (0, 0));
+    match next() {
+        ConductorEvent::Summary {
+            swarms: 0,
+            members: 0,
+            last: true,
+            ..
+        } => {}
+        other => panic!("expected the last summary, got {other:?}"),
+    }
+    assert_eq!(
+        events.recv_timeout(TIMEOUT),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected),
+        "the events go on after the last summary"
+    );
+    idle.set_read_timeout(Some(TIMEOUT)).unwrap();
+    assert!(closed_by_server(&mut idle));
+    assert!(TcpStream::connect(addr).is_err(), "still accepting");
+    // A thread is gone from /proc a moment after it has been joined.
+    assert!(
+        wait_for(TIMEOUT, || threads_of_this_process() == before),
+        "{} threads before start, {} after shutdown",
+        before,
+        threads_of_this_process()
+    );
 }
 
 /// Lets the kernel pick the local port at connect time, knowing the destination (Linux's
@@ -550,7 +685,8 @@ fn abuse_does_not_stop_honest_members() {
     };
 
     // Meanwhile every honest member is answered at every round, and the conductor stays within
-    // its thread bound (1,024 clients + 128 being evicted + the acceptor and reaper).
+    // its thread bound (1,024 clients + 128 being evicted + the main, signal, accept, reaper and
+    // closer threads).
     let mut max_threads = 0;
     for _round in 0..5 {
         for &(id, port) in &honest {
@@ -578,7 +714,7 @@ fn abuse_does_not_stop_honest_members() {
     }
     let closed = idle.iter_mut().map(closed_by_server).filter(|&c| c).count();
     assert!(closed >= 300 - 256, "{closed} stalled connections closed");
-    assert!(max_threads <= 1024 + 128 + 4, "{max_threads} threads");
+    assert!(max_threads <= 1024 + 128 + 5, "{max_threads} threads");
 
     // Every honest member is still there, next to the flood's 1,024.
     let counters = stats(&addr, TIMEOUT).unwrap();
@@ -644,9 +780,10 @@ fn stalled_connections_from_many_addresses_give_way() {
         let (_, _) = announce(&conductor.addr, swarm, PeerId::random(), port, TIMEOUT)
             .unwrap_or_else(|e| panic!("announce at the cap failed: {e:#}"));
     }
-    // 64 places and at most 16 evictions under way, plus the acceptor, reaper and main thread.
+    // 64 places and at most 16 evictions under way, plus the main, signal, accept, reaper and
+    // closer threads.
     let threads = proc_status(pid, "Threads").unwrap();
-    assert!(threads <= 64 + 16 + 3, "{threads} threads");
+    assert!(threads <= 64 + 16 + 5, "{threads} threads");
     for s in &idle {
         s.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
     }
