@@ -25,7 +25,13 @@ pub struct DeadlineStream<'a> {
     /// Longest wait for any one read or write, within the deadline: a peer silent for this
     /// long fails even when the deadline is further away.
     idle: Cell<Option<Duration>>,
+    /// Asked every [`CANCEL_CHECK`] while waiting: true ends the wait with
+    /// [`io::ErrorKind::Interrupted`] (the program is quitting).
+    cancelled: Option<&'a (dyn Fn() -> bool + Sync)>,
 }
+
+/// How often a cancellable wait asks whether it is cancelled.
+const CANCEL_CHECK: Duration = Duration::from_millis(100);
 
 impl<'a> DeadlineStream<'a> {
     pub fn new(stream: &'a TcpStream, deadline: Instant) -> DeadlineStream<'a> {
@@ -33,7 +39,14 @@ impl<'a> DeadlineStream<'a> {
             stream,
             deadline: Cell::new(deadline),
             idle: Cell::new(None),
+            cancelled: None,
         }
+    }
+
+    /// Makes every wait end soon after `cancelled` turns true.
+    pub fn cancellable(mut self, cancelled: &'a (dyn Fn() -> bool + Sync)) -> DeadlineStream<'a> {
+        self.cancelled = Some(cancelled);
+        self
     }
 
     /// A stream whose deadline is `timeout` from now.
@@ -65,17 +78,55 @@ impl<'a> DeadlineStream<'a> {
     }
 }
 
+impl DeadlineStream<'_> {
+    /// Runs one read or write with the time left as its socket timeout; when cancellable, in
+    /// slices of [`CANCEL_CHECK`], asking in between.
+    fn wait_for<T>(
+        &self,
+        set_timeout: impl Fn(Option<Duration>) -> io::Result<()>,
+        mut op: impl FnMut() -> io::Result<T>,
+    ) -> io::Result<T> {
+        let Some(cancelled) = self.cancelled else {
+            set_timeout(Some(self.time_left()?))?;
+            return op();
+        };
+        let until = Instant::now() + self.time_left()?;
+        loop {
+            if cancelled() {
+                return Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled"));
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"));
+            }
+            set_timeout(Some(left.min(CANCEL_CHECK)))?;
+            match op() {
+                Err(e)
+                    if left > CANCEL_CHECK
+                        && matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) => {}
+                other => return other,
+            }
+        }
+    }
+}
+
 impl Read for DeadlineStream<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.stream.set_read_timeout(Some(self.time_left()?))?;
-        (&mut &*self.stream).read(buf)
+        let stream = self.stream;
+        self.wait_for(|t| stream.set_read_timeout(t), || (&mut &*stream).read(buf))
     }
 }
 
 impl Write for DeadlineStream<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.stream.set_write_timeout(Some(self.time_left()?))?;
-        (&mut &*self.stream).write(buf)
+        let stream = self.stream;
+        self.wait_for(
+            |t| stream.set_write_timeout(t),
+            || (&mut &*stream).write(buf),
+        )
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -299,6 +350,25 @@ mod tests {
         reader.set_idle_timeout(Some(Duration::from_millis(100)));
         let started = Instant::now();
         assert!(reader.read(&mut [0u8; 1]).is_err());
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_cancelled_wait_ends_before_its_deadline() {
+        let (server, _client) = pair();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let cancelled = || stop.load(std::sync::atomic::Ordering::SeqCst);
+        let started = Instant::now();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                std::thread::sleep(Duration::from_millis(200));
+                stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            });
+            let mut reader =
+                DeadlineStream::within(&server, Duration::from_secs(30)).cancellable(&cancelled);
+            let error = reader.read(&mut [0u8; 1]).unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::Interrupted);
+        });
         assert!(started.elapsed() < Duration::from_secs(10));
     }
 

@@ -15,6 +15,14 @@ use crate::net::DeadlineStream;
 use crate::orch::SwarmId;
 use crate::wire::{ConductorReply, ConductorRequest, ConductorStats, LineReader, PeerId};
 
+/// Asked while a call waits: true ends it at once (the caller is quitting).
+pub type Cancelled<'a> = &'a (dyn Fn() -> bool + Sync);
+
+/// For calls nobody cancels.
+fn never() -> bool {
+    false
+}
+
 /// Names the conductor in errors, with the address tried when the name was not one.
 fn describe(conductor: &str, addr: SocketAddr) -> String {
     if conductor == addr.to_string() {
@@ -30,6 +38,7 @@ fn exchange(
     conductor: &str,
     request: &ConductorRequest,
     timeout: Duration,
+    cancelled: Cancelled,
 ) -> anyhow::Result<ConductorReply> {
     let deadline = Instant::now() + timeout;
     let addrs: Vec<SocketAddr> = conductor
@@ -42,14 +51,15 @@ fn exchange(
         if left.is_zero() {
             break;
         }
-        let stream = match TcpStream::connect_timeout(&addr, left) {
+        let stream = match crate::net::connect(addr, left, cancelled) {
             Ok(stream) => stream,
             Err(e) => {
                 failure = anyhow!("{}: cannot connect: {e}", describe(conductor, addr));
                 continue;
             }
         };
-        return talk(stream, request, deadline).with_context(|| describe(conductor, addr));
+        return talk(stream, request, deadline, cancelled)
+            .with_context(|| describe(conductor, addr));
     }
     Err(failure)
 }
@@ -58,8 +68,9 @@ fn talk(
     stream: TcpStream,
     request: &ConductorRequest,
     deadline: Instant,
+    cancelled: Cancelled,
 ) -> anyhow::Result<ConductorReply> {
-    let mut stream = DeadlineStream::new(&stream, deadline);
+    let mut stream = DeadlineStream::new(&stream, deadline).cancellable(cancelled);
     stream
         .write_all(request.to_line().as_bytes())
         .context("cannot send the request")?;
@@ -77,12 +88,25 @@ pub fn announce(
     port: u16,
     timeout: Duration,
 ) -> anyhow::Result<(Duration, Vec<SocketAddr>)> {
+    announce_unless(conductor, swarm, peer_id, port, timeout, &never)
+}
+
+/// [`announce`], given up as soon as `cancelled` says so: a member quitting does not wait out
+/// a conductor that is slow to answer.
+pub fn announce_unless(
+    conductor: &str,
+    swarm: SwarmId,
+    peer_id: PeerId,
+    port: u16,
+    timeout: Duration,
+    cancelled: Cancelled,
+) -> anyhow::Result<(Duration, Vec<SocketAddr>)> {
     let request = ConductorRequest::Announce {
         swarm,
         peer_id,
         port,
     };
-    match exchange(conductor, &request, timeout)? {
+    match exchange(conductor, &request, timeout, cancelled)? {
         ConductorReply::Peers { interval_ms, peers } => {
             Ok((Duration::from_millis(interval_ms), peers))
         }
@@ -104,7 +128,7 @@ pub fn leave(
         peer_id,
         port,
     };
-    match exchange(conductor, &request, timeout)? {
+    match exchange(conductor, &request, timeout, &never)? {
         ConductorReply::Ok => Ok(()),
         ConductorReply::Error(why) => bail!("conductor {conductor} refused the leave: {why}"),
         other => bail!("conductor {conductor} answered a leave with {other:?}"),
@@ -113,7 +137,7 @@ pub fn leave(
 
 /// The counters of a running conductor.
 pub fn stats(conductor: &str, timeout: Duration) -> anyhow::Result<ConductorStats> {
-    match exchange(conductor, &ConductorRequest::Stats, timeout)? {
+    match exchange(conductor, &ConductorRequest::Stats, timeout, &never)? {
         ConductorReply::Stats(stats) => Ok(stats),
         ConductorReply::Error(why) => bail!("conductor {conductor} refused STATS: {why}"),
         other => bail!("conductor {conductor} answered STATS with {other:?}"),

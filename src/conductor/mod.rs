@@ -57,7 +57,7 @@ use crate::cli::exit::{self, Failure};
 use crate::orch::SwarmId;
 
 pub use crate::wire::ConductorStats;
-pub use client::{announce, leave, stats};
+pub use client::{announce, announce_unless, leave, stats};
 pub use events::{ConductorEvent, StatsEvent, EVENT_QUEUE};
 pub use registry::source_of;
 

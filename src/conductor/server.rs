@@ -86,11 +86,8 @@ impl Stop {
     /// Waits for `timeout`, or less if the conductor stops meanwhile; true if it is stopping.
     fn wait(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        let (guard, stopping) = self
-            .wake
-            .wait_until(self.stopping.lock(), deadline, |stopping| *stopping);
-        drop(guard);
-        stopping
+        self.wake
+            .wait_until(self.stopping.lock(), deadline, |stopping| *stopping)
     }
 }
 

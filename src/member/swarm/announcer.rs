@@ -17,12 +17,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 pub fn announce_loop(shared: &Shared) {
     let mut backoff = Duration::from_secs(1);
     loop {
-        let wait = match conductor::announce(
+        let stopping = || shared.is_shutting_down();
+        let wait = match conductor::announce_unless(
             &shared.orch.conductor,
             shared.swarm,
             shared.peer_id,
             shared.listen_port,
             CONDUCTOR_TIMEOUT,
+            &stopping,
         ) {
             Ok((interval, peers)) => {
                 backoff = Duration::from_secs(1);
@@ -38,6 +40,7 @@ pub fn announce_loop(shared: &Shared) {
                     .max(MIN_ANNOUNCE_INTERVAL)
                     .mul_f64(0.75 + 0.25 * fastrand::f64())
             }
+            Err(_) if shared.is_shutting_down() => return,
             Err(e) => {
                 let error = format!("{e:#}");
                 // The error names the conductor already.
