@@ -430,19 +430,9 @@ fn join<T>(handle: thread::ScopedJoinHandle<'_, T>, panicked: &mut Option<String
     match handle.join() {
         Ok(value) => Some(value),
         Err(payload) => {
-            panicked.get_or_insert_with(|| panic_message(payload.as_ref()));
+            panicked.get_or_insert_with(|| crate::sync::panic_message(payload.as_ref()));
             None
         }
-    }
-}
-
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        s.to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "(no message)".to_string()
     }
 }
 

@@ -444,7 +444,7 @@ fn every_json_line_matches_docs_json_md() {
     note("conductor", &told);
 
     // Every documented event was seen, but one that needs over 100 expiries in one sweep; the
-    // unit tests of src/bin/conductor.rs check it against the same tables.
+    // unit tests of src/conductor/events.rs check it against the same tables.
     let untested: BTreeSet<(String, String)> = [("conductor", "expire_more")]
         .iter()
         .map(|(p, e)| (p.to_string(), e.to_string()))

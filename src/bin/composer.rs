@@ -87,8 +87,7 @@ fn run(args: &Args) -> Result<(), Failure> {
         return cli::generate(what, Args::command()).or_exit(exit::FAILURE);
     }
     let bar: BarSlot = Arc::default();
-    cli::init_logging("warn", args.log_file.as_deref(), Arc::clone(&bar), None)
-        .or_exit(exit::DISK)?;
+    cli::init_logging("warn", args.log_file.as_deref(), Arc::clone(&bar)).or_exit(exit::DISK)?;
     let file = args
         .file
         .clone()

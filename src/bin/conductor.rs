@@ -98,7 +98,7 @@ fn main() -> ExitCode {
 fn run(args: &Args) -> Result<(), Failure> {
     let started = Instant::now();
     let no_bar = Arc::new(Mutex::new(None));
-    cli::init_logging("info", args.log_file.as_deref(), no_bar, None).or_exit(exit::DISK)?;
+    cli::init_logging("info", args.log_file.as_deref(), no_bar).or_exit(exit::DISK)?;
     if let Some(target) = &args.stats {
         let stats = conductor::stats(target, STATS_TIMEOUT).or_exit(exit::NETWORK)?;
         match args.json {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use clap::{CommandFactory, Parser};
 use torrentnchill::cli::exit::{self, Failure, OrExit};
-use torrentnchill::cli::{self, units, BarSlot, Key};
+use torrentnchill::cli::{self, units, BarSlot};
 use torrentnchill::member::peer::MAX_QUEUED_UPLOADS as MAX_PIPELINE;
 use torrentnchill::member::report::{JsonReport, TerminalReport};
 use torrentnchill::member::session::{self, QuitSignal, Report, SessionOptions};
@@ -85,7 +85,7 @@ fn main() -> ExitCode {
         Some(what) => cli::generate(what, Args::command())
             .map(|()| exit::OK)
             .or_exit(exit::FAILURE),
-        None => cli::init_logging("warn", args.log_file.as_deref(), Arc::clone(&bar), None)
+        None => cli::init_logging("warn", args.log_file.as_deref(), Arc::clone(&bar))
             .or_exit(exit::DISK)
             .and_then(|()| {
                 if args.check {
@@ -122,19 +122,9 @@ fn run(args: &Args, bar: &BarSlot) -> Result<i32, Failure> {
     config.peer_timeout = args.peer_timeout;
     config.pipeline = args.pipeline.map(usize::from);
 
-    // q, Ctrl-C and SIGTERM all ask for a clean quit; a second Ctrl-C does not wait for it.
     // Set up first, so that a signal that comes while the file is checked still ends cleanly.
     let quit = Arc::new(QuitSignal::default());
-    let on_interrupt = {
-        let quit = Arc::clone(&quit);
-        move || {
-            if quit.request() {
-                cli::restore_terminal();
-                std::process::exit(exit::INTERRUPTED);
-            }
-        }
-    };
-    let _ = ctrlc::set_handler(on_interrupt.clone());
+    quit.on_signals();
 
     let verify_bar =
         interactive.then(|| cli::reading_bar("checking what is on disk", orch.file_size, bar));
@@ -145,15 +135,7 @@ fn run(args: &Args, bar: &BarSlot) -> Result<i32, Failure> {
     }
     let (member, events) = started.map_err(Failure::from)?;
 
-    let _keys = interactive
-        .then(|| {
-            let quit = Arc::clone(&quit);
-            cli::KeyReader::start(move |key| match key {
-                Key::Quit => drop(quit.request()),
-                Key::Interrupt => on_interrupt(),
-            })
-        })
-        .flatten();
+    let _keys = interactive.then(|| quit.on_keys()).flatten();
     let file = args.dir.join(&orch.filename).display().to_string();
     let mut report: Box<dyn Report> = if args.json {
         Box::new(JsonReport::new(orch_path.display().to_string(), file))

@@ -13,31 +13,17 @@ use indicatif::ProgressBar;
 /// Where the progress bar is, when there is one, so that log lines are printed above it.
 pub type BarSlot = Arc<Mutex<Option<ProgressBar>>>;
 
-/// Sees every log record at or above its level, whatever RUST_LOG says (the conductor turns
-/// some into `--json` events).
-pub type Tap = (log::LevelFilter, Box<dyn Fn(&log::Record) + Send + Sync>);
-
 struct BarAwareLogger {
     inner: env_logger::Logger,
     bar: BarSlot,
-    tap: Option<Tap>,
 }
 
 impl log::Log for BarAwareLogger {
     fn enabled(&self, metadata: &log::Metadata) -> bool {
         self.inner.enabled(metadata)
-            || self
-                .tap
-                .as_ref()
-                .is_some_and(|(level, _)| metadata.level() <= *level)
     }
 
     fn log(&self, record: &log::Record) {
-        if let Some((level, tap)) = &self.tap {
-            if record.level() <= *level {
-                tap(record);
-            }
-        }
         if !self.inner.matches(record) {
             return;
         }
@@ -54,13 +40,11 @@ impl log::Log for BarAwareLogger {
 }
 
 /// Sets up `log` from RUST_LOG (default `default_level`), to `log_file` if given (its folder is
-/// created) or else to stderr, above the progress bar in `bar`; `tap`, if given, sees records
-/// at its level whatever RUST_LOG says.
+/// created) or else to stderr, above the progress bar in `bar`.
 pub fn init_logging(
     default_level: &str,
     log_file: Option<&Path>,
     bar: BarSlot,
-    tap: Option<Tap>,
 ) -> anyhow::Result<()> {
     let mut builder =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level));
@@ -78,10 +62,8 @@ pub fn init_logging(
         builder.write_style(env_logger::WriteStyle::Never);
     }
     let inner = builder.build();
-    let level = inner
-        .filter()
-        .max(tap.as_ref().map_or(log::LevelFilter::Off, |(l, _)| *l));
-    log::set_boxed_logger(Box::new(BarAwareLogger { inner, bar, tap }))
+    let level = inner.filter();
+    log::set_boxed_logger(Box::new(BarAwareLogger { inner, bar }))
         .context("logging was already set up")?;
     log::set_max_level(level);
     Ok(())

@@ -13,7 +13,7 @@ use std::io::{IsTerminal, Write};
 use anyhow::Context;
 
 pub use keys::{restore_terminal, Key, KeyReader};
-pub use logging::{init_logging, BarSlot, Tap};
+pub use logging::{init_logging, BarSlot};
 pub use units::{human_bytes, human_duration};
 
 /// Parses the command line like `T::parse()`, but reports a bad command line the way every
@@ -123,19 +123,6 @@ pub fn reading_bar(label: &str, len: u64, slot: &BarSlot) -> indicatif::Progress
     bar.set_draw_target(indicatif::ProgressDrawTarget::stdout());
     *slot.lock() = Some(bar.clone());
     bar
-}
-
-/// Reports a failure (see [`exit::Failure::report`]); the exit code to end with.
-pub fn report_failure(json: bool, code: i32, error: &anyhow::Error) -> std::process::ExitCode {
-    let message = format!("{error:#}").replace('\n', " ");
-    if json {
-        crate::json::print(&crate::json::ErrorEvent {
-            message: &message,
-            exit_code: code,
-        });
-    }
-    eprintln!("error: {message}");
-    std::process::ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
 #[cfg(test)]

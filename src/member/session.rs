@@ -4,11 +4,13 @@
 //! same loop serves the terminal, `--json` and tests.
 
 use std::sync::mpsc::Receiver;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::progress::{Clock, Meter, Summary};
 use super::{Event, Member, Phase, Status};
-use crate::cli::exit::Failure;
+use crate::cli::exit::{self, Failure};
+use crate::cli::keys::{self, Key, KeyReader};
 use crate::sync::{Condvar, Mutex};
 
 /// How often the loop looks at the member's status when nothing wakes it.
@@ -36,6 +38,33 @@ impl QuitSignal {
 
     pub fn is_requested(&self) -> bool {
         *self.requested.lock()
+    }
+
+    /// Ctrl-C: asks for a clean quit, or, asked already, puts the terminal back and exits at
+    /// once (a user who presses it twice does not want to wait).
+    pub fn interrupt(&self) {
+        if self.request() {
+            keys::restore_terminal();
+            std::process::exit(exit::INTERRUPTED);
+        }
+    }
+
+    /// Makes SIGINT and SIGTERM interrupt (see [`QuitSignal::interrupt`]).
+    pub fn on_signals(self: &Arc<Self>) {
+        let quit = Arc::clone(self);
+        if let Err(e) = ctrlc::set_handler(move || quit.interrupt()) {
+            log::warn!("cannot catch Ctrl-C and SIGTERM: {e}");
+        }
+    }
+
+    /// On a terminal, `q` asks for a clean quit and Ctrl-C interrupts, while the returned
+    /// reader lives; dropping it puts the terminal back.
+    pub fn on_keys(self: &Arc<Self>) -> Option<KeyReader> {
+        let quit = Arc::clone(self);
+        KeyReader::start(move |key| match key {
+            Key::Quit => drop(quit.request()),
+            Key::Interrupt => quit.interrupt(),
+        })
     }
 
     /// Waits up to `timeout` for a request to quit; true if there is one.
