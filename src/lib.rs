@@ -2,8 +2,11 @@
 //!
 //! The library does the work; the three binaries (`composer`, `conductor`, `member`) only parse
 //! flags and report. [`orch`] is the metadata file, [`wire`] the protocol, [`hashing`] the
-//! parallel file hasher that composer and member share, [`conductor`] the tracker service and
-//! [`member`] the peer.
+//! parallel file hasher that composer and member share, [`compose`] makes a `.orch`,
+//! [`conductor`] is the tracker service and [`member`] the peer, each started as a handle that
+//! reports typed events and stops every thread it started. Under them: [`net`] (deadlines and
+//! socket calls), [`sync`] (locks that do not poison), [`cli`] (what the programs share about
+//! talking to people) and [`json`] (their `--json` lines). docs/ARCHITECTURE.md has the map.
 
 pub mod cli;
 pub mod compose;

@@ -50,7 +50,7 @@ fn take(list: &mut Vec<u32>, index: u32) -> bool {
     }
 }
 
-/// Requests to keep in flight per peer: `configured` if set, else about [`PIPELINE_BYTES`]
+/// Requests to keep in flight per peer: `configured` if set, else about 2 MiB
 /// worth of parts.
 pub fn pipeline_depth(configured: Option<usize>, part_size: u64) -> usize {
     configured.unwrap_or_else(|| {

@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""Times a loopback transfer (1 seeder -> N members, from the members' start to their verified
+exit) with two builds of torrentnchill, run in turn (A B A B ...) so that a drifting machine
+affects both alike. Prints each run, the medians and the ratio A/B.
+
+    scripts/ab_transfer.py --a target/release --b /tmp/base/target/release --size 1G --runs 3
+
+Only 127.0.0.1 is used; every process it starts is stopped before it returns."""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def size_of(text):
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+
+
+def wait_line(proc, want, limit):
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"process ended before printing {want!r}")
+        if want in line:
+            return line
+    raise SystemExit(f"no {want!r} within {limit} s")
+
+
+def run_once(bins, work, orch_text, members, limit):
+    conductor = subprocess.Popen(
+        [os.path.join(bins, "conductor"), "--listen", "127.0.0.1:0"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    procs = [conductor]
+    try:
+        addr = wait_line(conductor, "listening on", 10).split()[-1]
+        orch = os.path.join(work, "f.bin.orch")
+        with open(orch, "w") as out:
+            out.write(addr + "\n" + orch_text.split("\n", 1)[1])
+        seeder = subprocess.Popen(
+            [os.path.join(bins, "member"), orch, "--dir", os.path.join(work, "seed"), "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        procs.append(seeder)
+        wait_line(seeder, '"complete"', limit)
+        dirs = []
+        for i in range(members):
+            d = os.path.join(work, f"m{i}")
+            shutil.rmtree(d, ignore_errors=True)
+            dirs.append(d)
+        start = time.monotonic()
+        fetchers = [subprocess.Popen(
+            [os.path.join(bins, "member"), orch, "--dir", d, "--exit-when-done", "--json"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for d in dirs]
+        procs.extend(fetchers)
+        for f in fetchers:
+            if f.wait(timeout=limit) != 0:
+                raise SystemExit(f"a member failed with exit code {f.returncode}")
+        return time.monotonic() - start
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--a", required=True, help="folder with build A's binaries")
+    ap.add_argument("--b", required=True, help="folder with build B's binaries (the baseline)")
+    ap.add_argument("--size", default="1G")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--members", type=int, default=1)
+    ap.add_argument("--timeout", type=int, default=600)
+    args = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="ab-transfer-")
+    try:
+        os.makedirs(os.path.join(work, "seed"))
+        data = os.path.join(work, "seed", "f.bin")
+        with open(data, "wb") as out:
+            left = size_of(args.size)
+            while left > 0:
+                chunk = os.urandom(min(left, 8 << 20))
+                out.write(chunk)
+                left -= len(chunk)
+        subprocess.run([os.path.join(args.b, "composer"), data, "127.0.0.1:1", "-o",
+                        os.path.join(work, "f.bin.orch"), "-q"], check=True)
+        orch_text = open(os.path.join(work, "f.bin.orch")).read()
+        times = {"A": [], "B": []}
+        for run in range(args.runs):
+            for name, bins in (("A", args.a), ("B", args.b)):
+                t = run_once(bins, work, orch_text, args.members, args.timeout)
+                times[name].append(t)
+                print(f"run {run + 1} {name}: {t:.3f} s", flush=True)
+        a, b = statistics.median(times["A"]), statistics.median(times["B"])
+        ratios = [x / y for x, y in zip(times["A"], times["B"])]
+        print(json.dumps({"size": args.size, "members": args.members, "runs": args.runs,
+                          "median_a": round(a, 3), "median_b": round(b, 3),
+                          "ratio_median": round(statistics.median(ratios), 3),
+                          "a": [round(t, 3) for t in times["A"]],
+                          "b": [round(t, 3) for t in times["B"]]}))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
