@@ -2,6 +2,8 @@
 //! clients would; the tests that need to watch the conductor's state run the library's
 //! [`Conductor`] in this process instead, through its handle.
 
+mod common;
+
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -11,6 +13,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::poll_until;
 use socket2::{Domain, Protocol, Socket, Type};
 use torrentnchill::conductor::{
     announce, leave, stats, Conductor, ConductorConfig, ConductorEvent,
@@ -91,20 +94,6 @@ impl Running {
 
 fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-/// Polls `condition` every 20 ms until it holds or `limit` passes.
-fn wait_for(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if condition() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Reads until the server closes; true if it did within the socket's read timeout.
@@ -204,7 +193,7 @@ fn silent_members_expire_and_active_ones_stay() {
     );
     let short = &swarm.to_hex()[..12];
     assert!(
-        wait_for(TIMEOUT, || conductor
+        poll_until(TIMEOUT, || conductor
             .log_text()
             .contains(&format!("expire {short} 127.0.0.1:42001"))),
         "no expiry in the log:\n{}",
@@ -235,7 +224,7 @@ fn leave_removes_the_member_at_once() {
     leave(&conductor.addr, swarm, a, 43001, TIMEOUT).unwrap();
     leave(&conductor.addr, Checksum::of(b"none"), a, 43001, TIMEOUT).unwrap();
     let short = &swarm.to_hex()[..12];
-    assert!(wait_for(TIMEOUT, || conductor
+    assert!(poll_until(TIMEOUT, || conductor
         .log_text()
         .contains(&format!("leave {short} 127.0.0.1:43001"))));
 }
@@ -374,12 +363,12 @@ fn at_the_cap_idle_connections_give_way_to_members() {
     // places; the second only once the first has its place, so that it is the younger.
     let mut oldest = stalled_from(2, &addr);
     assert!(
-        wait_for(TIMEOUT, || conductor.clients() == 1),
+        poll_until(TIMEOUT, || conductor.clients() == 1),
         "the first connection was never admitted"
     );
     let mut younger = stalled_from(2, &addr);
     assert!(
-        wait_for(TIMEOUT, || conductor.clients() == 2),
+        poll_until(TIMEOUT, || conductor.clients() == 2),
         "the second connection was never admitted"
     );
     // A member arriving at the cap is served: the connection that has waited longest, from the
@@ -480,7 +469,7 @@ fn the_handle_tells_changes_and_shutdown_joins_every_thread() {
     // A client thread blocked reading a line that never comes does not hold the shutdown up.
     let mut idle = TcpStream::connect(addr).unwrap();
     idle.write_all(b"ANNOUNCE tnc/1 ").unwrap();
-    assert!(wait_for(TIMEOUT, || conductor.clients() == 1
+    assert!(poll_until(TIMEOUT, || conductor.clients() == 1
         && threads_of_this_process() >= before + 4));
 
     let started = Instant::now();
@@ -506,7 +495,7 @@ fn the_handle_tells_changes_and_shutdown_joins_every_thread() {
     assert!(TcpStream::connect(addr).is_err(), "still accepting");
     // A thread is gone from /proc a moment after it has been joined.
     assert!(
-        wait_for(TIMEOUT, || threads_of_this_process() == before),
+        poll_until(TIMEOUT, || threads_of_this_process() == before),
         "{} threads before start, {} after shutdown",
         before,
         threads_of_this_process()
@@ -846,7 +835,7 @@ fn bad_flags_are_refused() {
             .spawn()
             .unwrap();
         let mut status = None;
-        wait_for(TIMEOUT, || {
+        poll_until(TIMEOUT, || {
             status = child.try_wait().unwrap();
             status.is_some()
         });

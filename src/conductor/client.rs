@@ -1,6 +1,6 @@
 //! The client side of the conductor protocol: the calls members and tools make.
 //!
-//! Why a module of its own: members (`member::tracker`), the `conductor --stats` flag and the
+//! Why a module of its own: members (`member::swarm::announcer`), the `conductor --stats` flag and the
 //! tests all speak to a conductor, and they must speak the protocol through one implementation,
 //! the same that the server answers with, without depending on the server's internals. Every
 //! call is one short connection bounded by one deadline from connecting to the last byte.
