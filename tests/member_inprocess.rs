@@ -13,7 +13,7 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{sample_data, wait_for, wait_until, Behaviour, FakePeer};
+use common::{poll_until, sample_data, wait_for, wait_until, Behaviour, DelayLink, FakePeer};
 use torrentnchill::conductor::{self, Conductor, ConductorConfig};
 use torrentnchill::member::policy::{Ask, PartsView, PiecePolicy, RarestFirst};
 use torrentnchill::member::storage::MemoryStorageFactory;
@@ -310,5 +310,43 @@ fn a_panic_in_a_peer_thread_drops_that_peer_not_the_member() {
     assert!(peer.connections() >= 2);
     assert_stored(&storage, &data);
     member.quit(LIMIT);
+    conductor.shutdown();
+}
+
+/// Through a link with a 60 ms round trip, the member keeps more requests out than the old
+/// fixed window (2 MiB of parts, 16 requests for these 16 KiB parts) once it has measured the
+/// peer, and fetches the whole file.
+#[test]
+fn requests_in_flight_follow_the_round_trip() {
+    let _alone = ONE_AT_A_TIME.lock();
+    let conductor = start_conductor();
+    let (orch, data) = swarm_file(1600, conductor.local_addr(), 7);
+    let peer = FakePeer::start(&orch, Arc::clone(&data), Behaviour::Honest);
+    let link = DelayLink::start(peer.addr(), Duration::from_millis(30));
+    conductor::announce(
+        &orch.conductor,
+        orch.swarm_id(),
+        peer.peer_id(),
+        link.addr().port(),
+        LIMIT,
+    )
+    .unwrap();
+    let storage = MemoryStorageFactory::empty();
+    let (member, events) = Member::start(orch, member_config(&storage), &|_| {}).unwrap();
+    let mut most_out = 0;
+    let fetched = poll_until(Duration::from_secs(120), || {
+        let status = member.status();
+        most_out = most_out.max(status.requests_out);
+        status.phase == Phase::Sharing
+    });
+    assert!(fetched, "not complete; {:?}", member.status());
+    assert!(
+        most_out > 16,
+        "at most {most_out} requests out: no more than the old fixed window"
+    );
+    assert_stored(&storage, &data);
+    drop(events);
+    member.quit(LIMIT);
+    drop(link);
     conductor.shutdown();
 }

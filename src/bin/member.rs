@@ -24,6 +24,7 @@ Examples:
   member bigfile.iso.orch --dir /data      fetch into /data (a complete file there is seeded)
   member x.orch --exit-when-done --json    for scripts: JSON events, exit 0 once verified
   member x.orch --listen 0.0.0.0:7000      accept peers on a fixed port (default: any free port)
+  member x.orch --max-upload-rate 20MB/s   send at most 20 MB/s to all peers together
   member x.orch --check --dir /data        check /data/FILE (or FILE.part) offline, list bad parts
   member --generate bash                   print bash completions (also zsh, fish, man)
 
@@ -63,15 +64,21 @@ struct Args {
     /// number is seconds); at least 100ms.
     #[arg(long, default_value = "20s", value_parser = units::parse_seconds_or_duration)]
     peer_timeout: Duration,
-    /// Requests in flight per peer, at most 64 (default: from the part size).
+    /// Requests in flight per peer, at most 64 (default: follows each peer's rate and round trip).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=MAX_PIPELINE as i64))]
     pipeline: Option<u16>,
+    /// Most bytes per second sent to all peers together: 50MB/s, 400Mbit/s, 20MiB/s.
+    #[arg(long, value_name = "RATE", value_parser = units::parse_rate)]
+    max_upload_rate: Option<u64>,
+    /// Most bytes per second received from all peers together.
+    #[arg(long, value_name = "RATE", value_parser = units::parse_rate)]
+    max_download_rate: Option<u64>,
     /// Write logs to this file (its folder is created) instead of the terminal.
     #[arg(long, value_name = "PATH")]
     log_file: Option<PathBuf>,
     /// Check DIR/FILENAME (or DIR/FILENAME.part if only that exists) against the .orch without
     /// the network, list the bad parts and exit: 0 if complete and valid, 1 if not.
-    #[arg(long, conflicts_with_all = ["listen", "exit_when_done", "max_peers", "peer_timeout", "pipeline"])]
+    #[arg(long, conflicts_with_all = ["listen", "exit_when_done", "max_peers", "peer_timeout", "pipeline", "max_upload_rate", "max_download_rate"])]
     check: bool,
     /// Print shell completions or a man page and exit.
     #[arg(long, value_name = "WHAT", hide = true, exclusive = true)]
@@ -121,6 +128,8 @@ fn run(args: &Args, bar: &BarSlot) -> Result<i32, Failure> {
     config.max_peers = usize::from(args.max_peers);
     config.peer_timeout = args.peer_timeout;
     config.pipeline = args.pipeline.map(usize::from);
+    config.max_upload_rate = args.max_upload_rate;
+    config.max_download_rate = args.max_download_rate;
 
     // Set up first, so that a signal that comes while the file is checked still ends cleanly.
     let quit = Arc::new(QuitSignal::default());

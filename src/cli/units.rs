@@ -93,6 +93,64 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| "the number is far too large".to_string())
 }
 
+/// Parses a rate: a number (decimals allowed) and a unit per second, bytes or bits, decimal or
+/// binary: `50MB/s`, `400Mbit/s`, `20MiB/s`, `1.5GB/s`, `800KB/s`, `100B/s`. Returns bytes per
+/// second, at least 1.
+pub fn parse_rate(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let per_second = text.strip_suffix("/s").ok_or_else(|| {
+        format!("{text:?} is not a rate; write e.g. 50MB/s, 400Mbit/s or 20MiB/s")
+    })?;
+    let split = per_second
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .ok_or_else(|| format!("{text:?} has no unit; write e.g. 50MB/s or 400Mbit/s"))?;
+    let (number, unit) = per_second.split_at(split);
+    let bytes_per_unit: f64 = match unit {
+        "B" => 1.0,
+        "KB" | "kB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        "bit" => 1.0 / 8.0,
+        "Kbit" | "kbit" => 1e3 / 8.0,
+        "Mbit" => 1e6 / 8.0,
+        "Gbit" => 1e9 / 8.0,
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {text:?}; use B, KB, MB, GB, KiB, MiB, GiB, Kbit, \
+                 Mbit or Gbit, then /s"
+            ))
+        }
+    };
+    let digits_ok = !number.is_empty()
+        && !number.starts_with('.')
+        && !number.ends_with('.')
+        && number.matches('.').count() <= 1;
+    let value: f64 = number
+        .parse()
+        .ok()
+        .filter(|_| digits_ok)
+        .ok_or_else(|| format!("{text:?} does not start with a number"))?;
+    let bytes = value * bytes_per_unit;
+    if !(1.0..=1e15).contains(&bytes) {
+        return Err(format!("{text:?} is not between 1 B/s and 1 PB/s"));
+    }
+    Ok(bytes.round() as u64)
+}
+
+/// A rate as people read it, decimal units: `20.0 MB/s`.
+pub fn human_rate(bytes_per_second: f64) -> String {
+    let (value, unit) = match bytes_per_second {
+        r if r >= 1e9 => (r / 1e9, "GB/s"),
+        r if r >= 1e6 => (r / 1e6, "MB/s"),
+        r if r >= 1e3 => (r / 1e3, "kB/s"),
+        r => (r, "B/s"),
+    };
+    format!("{value:.1} {unit}")
+}
+
 /// Human-readable bytes, binary units: `1.50 MiB`.
 pub fn human_bytes(bytes: u64) -> String {
     indicatif::HumanBytes(bytes).to_string()
@@ -164,6 +222,34 @@ mod tests {
         for bad in ["", "K", "1.5M", "4T", "-1", "99999999999999999999G"] {
             assert!(parse_size(bad).is_err(), "{bad:?} should be refused");
         }
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("50MB/s"), Ok(50_000_000));
+        assert_eq!(parse_rate("400Mbit/s"), Ok(50_000_000));
+        assert_eq!(parse_rate("20MiB/s"), Ok(20 << 20));
+        assert_eq!(parse_rate("1.5GB/s"), Ok(1_500_000_000));
+        assert_eq!(parse_rate(" 800KB/s "), Ok(800_000));
+        assert_eq!(parse_rate("8bit/s"), Ok(1));
+        for bad in [
+            "50MB",
+            "50/s",
+            "MB/s",
+            ".5MB/s",
+            "5.MB/s",
+            "1.2.3MB/s",
+            "-5MB/s",
+            "5 MB/s",
+            "5TB/s",
+            "0MB/s",
+            "0.1bit/s",
+            "9e99GB/s",
+        ] {
+            assert!(parse_rate(bad).is_err(), "{bad:?} should be refused");
+        }
+        assert_eq!(human_rate(20e6), "20.0 MB/s");
+        assert_eq!(human_rate(999.0), "999.0 B/s");
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub mod shared;
 pub mod spread;
 pub mod storage;
 pub mod swarm;
+pub mod throttle;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -43,6 +44,7 @@ use picker::Picker;
 use policy::PolicyFactory;
 use shared::Shared;
 use storage::{FileStorageFactory, StorageFactory};
+use throttle::{Pressure, TokenBucket};
 
 /// Most peer connections a member opens, and most that peers open to it, unless told otherwise.
 pub const DEFAULT_MAX_PEERS: usize = 32;
@@ -60,8 +62,11 @@ pub struct MemberConfig {
     pub max_peers: usize,
     /// A peer that sends nothing, or no requested part, for this long is dropped.
     pub peer_timeout: Duration,
-    /// Requests in flight per peer; `None` picks from the part size.
+    /// Requests in flight per peer; `None` follows each peer's rate and round trip.
     pub pipeline: Option<usize>,
+    /// Caps in bytes per second over all connections (`--max-upload-rate`, ...).
+    pub max_upload_rate: Option<u64>,
+    pub max_download_rate: Option<u64>,
     /// Which part to ask for next.
     pub policy: PolicyFactory,
 }
@@ -79,6 +84,8 @@ impl MemberConfig {
             max_peers: DEFAULT_MAX_PEERS,
             peer_timeout: DEFAULT_PEER_TIMEOUT,
             pipeline: None,
+            max_upload_rate: None,
+            max_download_rate: None,
             policy: policy::rarest_first,
         }
     }
@@ -168,8 +175,13 @@ pub struct Status {
     pub bytes_down: u64,
     pub bytes_up: u64,
     pub peers: usize,
+    /// Requests out to all peers, waiting for their parts.
+    pub requests_out: usize,
     pub peers_used: usize,
     pub parts_rejected: u64,
+    /// How often each rate cap made connections wait, when there is one.
+    pub upload_pressure: Option<Pressure>,
+    pub download_pressure: Option<Pressure>,
 }
 
 /// A running member.
@@ -291,6 +303,11 @@ impl Member {
                 .is_some_and(|last| picker.have().get(last));
             (done, s.orch.bytes_in(done, has_last))
         };
+        let (peers, requests_out) = {
+            let links = s.peers.lock();
+            let out = links.values().map(|link| link.requests_out()).sum();
+            (links.len(), out)
+        };
         Status {
             phase: s.phase(),
             parts_done,
@@ -299,9 +316,12 @@ impl Member {
             bytes_total: s.orch.file_size,
             bytes_down: s.counters.bytes_down.load(Ordering::Relaxed),
             bytes_up: s.counters.bytes_up.load(Ordering::Relaxed),
-            peers: s.peers.lock().len(),
+            peers,
+            requests_out,
             peers_used: s.peers_used(),
             parts_rejected: s.counters.parts_rejected.load(Ordering::Relaxed),
+            upload_pressure: s.upload_cap.as_ref().map(TokenBucket::pressure),
+            download_pressure: s.download_cap.as_ref().map(TokenBucket::pressure),
         }
     }
 

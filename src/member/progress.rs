@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::throttle::Pressure;
 use super::{Phase, Status};
 use crate::cli::units::{human_bytes, human_duration};
 
@@ -50,20 +51,46 @@ impl Clock {
     }
 }
 
-/// Recent rates, from the last few seconds of samples.
+/// One look at the status, for the meter.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at: Instant,
+    bytes_done: u64,
+    bytes_up: u64,
+    upload_pressure: Option<Pressure>,
+    download_pressure: Option<Pressure>,
+}
+
+/// Recent rates, from the last few seconds of samples, and whether a rate cap is what limits
+/// them.
 #[derive(Debug, Default)]
 pub struct Meter {
-    samples: VecDeque<(Instant, u64, u64)>,
+    samples: VecDeque<Sample>,
+}
+
+/// Which rate caps are what limits the transfer now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capped {
+    pub up: bool,
+    pub down: bool,
 }
 
 impl Meter {
     const WINDOW: Duration = Duration::from_secs(5);
 
+    /// Caps are judged over a shorter window than rates, so the bar says so soon.
+    const CAP_WINDOW: Duration = Duration::from_secs(1);
+
     pub fn sample(&mut self, now: Instant, status: &Status) {
-        self.samples
-            .push_back((now, status.bytes_done, status.bytes_up));
+        self.samples.push_back(Sample {
+            at: now,
+            bytes_done: status.bytes_done,
+            bytes_up: status.bytes_up,
+            upload_pressure: status.upload_pressure,
+            download_pressure: status.download_pressure,
+        });
         while self.samples.len() > 2
-            && now.saturating_duration_since(self.samples[0].0) > Self::WINDOW
+            && now.saturating_duration_since(self.samples[0].at) > Self::WINDOW
         {
             self.samples.pop_front();
         }
@@ -72,14 +99,35 @@ impl Meter {
     /// Bytes per second of (verified file data, upload) over the window, once it spans enough
     /// time to mean something.
     pub fn rates(&self) -> Option<(f64, f64)> {
-        let (&(t0, done0, up0), &(t1, done1, up1)) = (self.samples.front()?, self.samples.back()?);
-        let span = t1.saturating_duration_since(t0).as_secs_f64();
+        let (first, last) = (self.samples.front()?, self.samples.back()?);
+        let span = last.at.saturating_duration_since(first.at).as_secs_f64();
         (span >= 0.3).then(|| {
             (
-                done1.saturating_sub(done0) as f64 / span,
-                up1.saturating_sub(up0) as f64 / span,
+                last.bytes_done.saturating_sub(first.bytes_done) as f64 / span,
+                last.bytes_up.saturating_sub(first.bytes_up) as f64 / span,
             )
         })
+    }
+
+    /// Whether the upload and download caps made most of the last second's chunks wait.
+    pub fn capped(&self) -> Capped {
+        let Some(last) = self.samples.back() else {
+            return Capped::default();
+        };
+        let since = last.at.checked_sub(Self::CAP_WINDOW);
+        let first = self
+            .samples
+            .iter()
+            .find(|s| since.is_none_or(|since| s.at >= since))
+            .unwrap_or(last);
+        let limiting = |now: Option<Pressure>, then: Option<Pressure>| match (now, then) {
+            (Some(now), Some(then)) => now.limiting_since(then),
+            _ => false,
+        };
+        Capped {
+            up: limiting(last.upload_pressure, first.upload_pressure),
+            down: limiting(last.download_pressure, first.download_pressure),
+        }
     }
 
     pub fn eta(&self, status: &Status) -> Option<Duration> {
@@ -103,6 +151,8 @@ fn plural(n: u64, one: &str, many: &str) -> String {
 /// `123/768 parts 16% 21.40 MiB/s ETA 3s 2 peers`, or what the member does once it has it all.
 pub fn bar_message(status: &Status, meter: &Meter) -> String {
     let (rate_done, rate_up) = meter.rates().unwrap_or((0.0, 0.0));
+    let capped = meter.capped();
+    let mark = |on: bool| if on { " (capped)" } else { "" };
     let peers = plural(status.peers as u64, "peer", "peers");
     let head = format!(
         "{}/{} parts {}%",
@@ -112,8 +162,9 @@ pub fn bar_message(status: &Status, meter: &Meter) -> String {
     );
     match status.phase {
         Phase::Fetching => format!(
-            "{head} {}/s ETA {} {peers}",
+            "{head} {}/s{} ETA {} {peers}",
             human_bytes(rate_done as u64),
+            mark(capped.down),
             meter
                 .eta(status)
                 .map_or_else(|| "--".to_string(), human_duration),
@@ -222,8 +273,11 @@ mod tests {
             bytes_down: bytes_done,
             bytes_up,
             peers: 1,
+            requests_out: 0,
             peers_used: 2,
             parts_rejected: 1,
+            upload_pressure: None,
+            download_pressure: None,
         }
     }
 
@@ -243,6 +297,29 @@ mod tests {
             bar_message(&half, &meter),
             "5/10 parts 50% 500 B/s ETA 1s 1 peer"
         );
+    }
+
+    #[test]
+    fn a_cap_that_makes_most_chunks_wait_is_shown() {
+        let start = Instant::now();
+        let mut meter = Meter::default();
+        let at = |meter: &mut Meter, ms: u64, waited: u64| {
+            let mut s = status(Phase::Fetching, ms, 0);
+            s.download_pressure = Some(Pressure { asked: ms, waited });
+            meter.sample(start + Duration::from_millis(ms), &s);
+        };
+        at(&mut meter, 0, 0);
+        at(&mut meter, 500, 10);
+        assert_eq!(meter.capped(), Capped::default());
+        at(&mut meter, 1000, 900);
+        assert_eq!(
+            meter.capped(),
+            Capped {
+                up: false,
+                down: true
+            }
+        );
+        assert!(bar_message(&status(Phase::Fetching, 1000, 0), &meter).contains("(capped)"));
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub enum MemberEvent<'a> {
         rate: f64,
         eta_seconds: Option<f64>,
         seconds: f64,
+        capped_up: bool,
+        capped_down: bool,
     },
     PeerConnected {
         addr: SocketAddr,
@@ -96,6 +98,7 @@ impl<'a> MemberEvent<'a> {
 
     pub fn progress(status: &Status, meter: &Meter, elapsed: Duration) -> MemberEvent<'a> {
         let rate = meter.rates().map_or(0.0, |(done, _)| done.round());
+        let capped = meter.capped();
         let eta_seconds = meter
             .eta(status)
             .filter(|_| status.phase == Phase::Fetching)
@@ -111,6 +114,8 @@ impl<'a> MemberEvent<'a> {
             rate,
             eta_seconds,
             seconds: json::seconds(elapsed),
+            capped_up: capped.up,
+            capped_down: capped.down,
         }
     }
 }

@@ -6,7 +6,9 @@
 //! handle so that [`Shared::join_threads`] can wait for all of them, and which catches a panic:
 //! a peer thread's panic drops that peer (its cleanup runs as the stack unwinds), any other
 //! thread's panic fails the member with a clear error. Locks are [`crate::sync::Mutex`], which
-//! does not poison, so a panic never stops the other threads.
+//! does not poison, so a panic never stops the other threads. Where one lock is taken while
+//! another is held, the order is: the peer table, then a connection's requests, then the
+//! picker.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -23,6 +25,7 @@ use super::picker::Picker;
 use super::spread::Spread;
 use super::storage::Storage;
 use super::swarm::Book;
+use super::throttle::TokenBucket;
 use super::{Event, FailureKind, MemberConfig, Phase};
 use crate::orch::{Orchestra, SwarmId};
 use crate::sync::{panic_message, Condvar, Mutex};
@@ -62,6 +65,9 @@ pub struct Shared {
     pub full_hash: FullHasher,
     pub spread: Spread,
     pub counters: Counters,
+    /// `--max-upload-rate` and `--max-download-rate`, shared by every connection.
+    pub upload_cap: Option<TokenBucket>,
+    pub download_cap: Option<TokenBucket>,
     peers_used: Mutex<HashSet<PeerId>>,
     events: Sender<Event>,
     phase: AtomicU8,
@@ -107,6 +113,8 @@ impl Shared {
             full_hash: FullHasher::default(),
             spread: Spread::new(parts.orch.part_count()),
             counters: Counters::default(),
+            upload_cap: parts.config.max_upload_rate.map(TokenBucket::new),
+            download_cap: parts.config.max_download_rate.map(TokenBucket::new),
             peers_used: Mutex::new(HashSet::new()),
             events: parts.events,
             phase: AtomicU8::new(if parts.complete {

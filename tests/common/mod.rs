@@ -6,13 +6,15 @@
 //! - [`swarm`]: sample data, temporary swarms (a file, its `.orch`, a seed folder), members;
 //! - [`events`]: reading the `--json` events a member wrote;
 //! - [`proxy`]: a rate-limited relay in front of a member;
-//! - [`fake_peer`]: an in-process peer that speaks the member-to-member protocol.
+//! - [`fake_peer`]: an in-process peer that speaks the member-to-member protocol;
+//! - [`delay_link`]: a relay that adds a round trip to every connection through it.
 //!
 //! Every test file includes this module with `mod common;` and `use common::*;`; each uses a
 //! different subset, hence `dead_code` and unused re-exports are allowed here.
 #![allow(dead_code, unused_imports)]
 
 pub mod conductor;
+pub mod delay_link;
 pub mod events;
 pub mod fake_peer;
 pub mod process;
@@ -21,6 +23,7 @@ pub mod swarm;
 pub mod wait;
 
 pub use conductor::*;
+pub use delay_link::*;
 pub use events::*;
 pub use fake_peer::*;
 pub use process::*;

@@ -6,7 +6,7 @@
 
 use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
@@ -17,15 +17,27 @@ use crate::wire::{Hello, LineReader};
 /// How long a new connection may take to say `HELLO`.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What the handshake learnt of the peer.
+pub struct Greeting {
+    pub hello: Hello,
+    /// The dialer's round trip: from sending its `HELLO` to reading the answer.
+    pub rtt: Option<Duration>,
+}
+
 /// Exchanges `HELLO`s on `stream`; `dialed` is the address we dialed, for an outgoing
 /// connection. Returns the peer's `HELLO` once it is known to be another member of our swarm.
-pub fn exchange(shared: &Shared, stream: &TcpStream, dialed: Option<SocketAddr>) -> Result<Hello> {
+pub fn exchange(
+    shared: &Shared,
+    stream: &TcpStream,
+    dialed: Option<SocketAddr>,
+) -> Result<Greeting> {
     let ours = Hello {
         swarm: shared.swarm,
         peer_id: shared.peer_id,
         listen_port: shared.listen_port,
     };
     let mut writer = stream;
+    let sent = Instant::now();
     if dialed.is_some() {
         writer.write_all(ours.to_line().as_bytes())?;
     }
@@ -37,6 +49,7 @@ pub fn exchange(shared: &Shared, stream: &TcpStream, dialed: Option<SocketAddr>)
         DeadlineStream::within(stream, HANDSHAKE_TIMEOUT),
     ));
     let theirs = Hello::parse(hello.read_line()?)?;
+    let rtt = dialed.is_some().then(|| sent.elapsed());
     if theirs.swarm != shared.swarm {
         let _ = writer.write_all(b"ERROR not in this swarm\n");
         bail!(
@@ -53,5 +66,5 @@ pub fn exchange(shared: &Shared, stream: &TcpStream, dialed: Option<SocketAddr>)
         }
         bail!("connected to ourselves");
     }
-    Ok(theirs)
+    Ok(Greeting { hello: theirs, rtt })
 }

@@ -65,6 +65,11 @@ impl PeerLink {
         self.outbox.uploads_idle()
     }
 
+    /// Our requests waiting for an answer on this connection.
+    pub fn requests_out(&self) -> usize {
+        self.requests.lock().out.len()
+    }
+
     pub fn peer_is_complete(&self) -> bool {
         self.complete.load(Ordering::Relaxed)
     }
@@ -109,7 +114,8 @@ pub fn serve(
     stream.set_nodelay(true)?;
     crate::net::limit_unsent(&stream, UNSENT_LOW_WATER);
     stream.set_write_timeout(Some(shared.config.peer_timeout))?;
-    let theirs = handshake::exchange(shared, &stream, dialed)?;
+    let greeting = handshake::exchange(shared, &stream, dialed)?;
+    let theirs = greeting.hello;
     let listen_addr = match dialed {
         Some(dialed) => Some(dialed),
         None => (theirs.listen_port != 0).then(|| SocketAddr::new(addr.ip(), theirs.listen_port)),
@@ -167,7 +173,7 @@ pub fn serve(
         }
     }
 
-    let result = Conversation::new(shared, &link).run(&stream);
+    let result = Conversation::new(shared, &link, greeting.rtt).run(&stream);
     registered.reason = Some(match &result {
         Ok(()) => "closed".to_string(),
         Err(e) => format!("{e:#}"),

@@ -16,8 +16,9 @@ use anyhow::{anyhow, bail, Result};
 use super::outbox::MAX_QUEUED_UPLOADS;
 use super::{announce_part, PeerLink};
 use crate::member::bitfield::Bitfield;
-use crate::member::requests::pipeline_depth;
+use crate::member::requests::Pipeline;
 use crate::member::shared::Shared;
+use crate::member::throttle::CHUNK;
 use crate::member::{Event, FailureKind};
 use crate::net::DeadlineStream;
 use crate::orch::Checksum;
@@ -38,7 +39,7 @@ pub struct Conversation<'a> {
     link: &'a Arc<PeerLink>,
     their_have: Bitfield,
     got_have_map: bool,
-    depth: usize,
+    pipeline: Pipeline,
     buffer: Vec<u8>,
     /// Parts this peer rejected, and when: not asked again for [`REJECT_RETRY`].
     rejected: Vec<(u32, Instant)>,
@@ -47,14 +48,26 @@ pub struct Conversation<'a> {
 }
 
 impl<'a> Conversation<'a> {
-    pub fn new(shared: &'a Arc<Shared>, link: &'a Arc<PeerLink>) -> Conversation<'a> {
-        let depth = pipeline_depth(shared.config.pipeline, shared.orch.part_size);
+    /// `handshake_rtt` is the round trip the handshake measured, if it did.
+    pub fn new(
+        shared: &'a Arc<Shared>,
+        link: &'a Arc<PeerLink>,
+        handshake_rtt: Option<Duration>,
+    ) -> Conversation<'a> {
+        let mut pipeline = Pipeline::new(
+            shared.config.pipeline,
+            shared.orch.part_size,
+            Instant::now(),
+        );
+        if let Some(rtt) = handshake_rtt {
+            pipeline.note_round_trip(rtt);
+        }
         Conversation {
             shared,
             link,
             their_have: Bitfield::new(shared.orch.part_count()),
             got_have_map: false,
-            depth,
+            pipeline,
             buffer: Vec::new(),
             rejected: Vec::new(),
             last_progress: Instant::now(),
@@ -121,7 +134,7 @@ impl<'a> Conversation<'a> {
                     }
                 }
                 PeerMessage::Reject(index) => {
-                    if self.link.requests.lock().take_out(index) {
+                    if self.link.requests.lock().take_out(index).is_some() {
                         self.shared.picker.lock().release(index);
                     }
                     // Ask others for it; ask this peer again later (see `retry_rejected`).
@@ -168,9 +181,12 @@ impl<'a> Conversation<'a> {
     }
 
     fn receive(&mut self, reader: &mut PeerReader, index: u32, len: usize) -> Result<()> {
+        let arrived = Instant::now();
         let expected = {
             let mut requests = self.link.requests.lock();
-            if requests.take_out(index) {
+            if let Some(sent) = requests.take_out(index) {
+                self.pipeline
+                    .note_round_trip(arrived.saturating_duration_since(sent));
                 true
             } else if requests.take_cancelled(index) {
                 false
@@ -187,7 +203,13 @@ impl<'a> Conversation<'a> {
         let stream = reader.get_ref().get_ref();
         stream.set_deadline(deadline);
         stream.set_idle_timeout(Some(self.shared.config.peer_timeout));
-        let read = reader.read_payload(&mut self.buffer);
+        let read = match &self.shared.download_cap {
+            None => reader.read_payload(&mut self.buffer),
+            Some(cap) => self.buffer.chunks_mut(CHUNK).try_for_each(|chunk| {
+                cap.take(chunk.len());
+                reader.read_payload(chunk)
+            }),
+        };
         if read.is_err() && expected {
             // The request is over without the part: let it be asked again.
             self.shared.picker.lock().release(index);
@@ -204,6 +226,7 @@ impl<'a> Conversation<'a> {
             Err(e) => return Err(e.into()),
         }
         self.last_progress = Instant::now();
+        self.pipeline.note_received(len, self.last_progress);
         if !expected {
             return Ok(());
         }
@@ -273,27 +296,30 @@ impl<'a> Conversation<'a> {
         });
     }
 
-    /// Keeps `depth` requests in flight to this peer.
+    /// Keeps the pipeline's depth of requests in flight to this peer.
     fn request_more(&mut self) {
         if !self.got_have_map {
             return;
         }
+        let now = Instant::now();
+        let depth = self.pipeline.depth(now);
+        // Enough choice that members fetching from one seeder rarely ask for the same part,
+        // little enough that parts arrive near file order (see Picker::pick). Counted before
+        // taking our requests' lock: `Member::status` takes the peer table's, then ours.
+        let peers = self.shared.peers.lock().len() as u32;
         let mut requests = self.link.requests.lock();
         if requests.out.is_empty() {
-            self.last_progress = Instant::now();
+            self.last_progress = now;
         }
-        // Enough choice that members fetching from one seeder rarely ask for the same part,
-        // little enough that parts arrive near file order (see Picker::pick).
-        let peers = self.shared.peers.lock().len() as u32;
-        let window = (2 * peers * self.depth as u32).max(MIN_PICK_WINDOW);
-        while requests.out.len() < self.depth {
+        let window = (2 * peers * depth as u32).max(MIN_PICK_WINDOW);
+        while requests.out.len() < depth {
             let picked = self
                 .shared
                 .picker
                 .lock()
                 .pick(&self.their_have, &requests.out, window);
             let Some(index) = picked else { break };
-            requests.out.push(index);
+            requests.push(index, now);
             self.link.send(PeerMessage::Request(index));
         }
     }
@@ -338,9 +364,9 @@ impl Drop for Conversation<'_> {
     /// Gives back every request still out and the peer's share of availability, however the
     /// conversation ended.
     fn drop(&mut self) {
-        let requests = std::mem::take(&mut *self.link.requests.lock());
+        let requests = self.link.requests.lock().take_all();
         let mut picker = self.shared.picker.lock();
-        for index in requests.out {
+        for index in requests {
             picker.release(index);
         }
         picker.peer_gone(&self.their_have);

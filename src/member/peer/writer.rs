@@ -10,6 +10,8 @@ use anyhow::Result;
 use super::outbox::{Next, Outgoing};
 use super::PeerLink;
 use crate::member::shared::Shared;
+use crate::member::throttle::CHUNK;
+use crate::orch::Span;
 use crate::wire::{have_map_len, PeerMessage};
 
 /// The writer side of one connection: control lines first, then parts.
@@ -48,7 +50,7 @@ pub fn write_loop(shared: &Shared, link: &PeerLink, stream: TcpStream) -> Result
                 let sent = out
                     .write_all(PeerMessage::Piece { index, len }.to_line().as_bytes())
                     .and_then(|()| out.flush())
-                    .and_then(|()| shared.storage.send_to(&stream, span))
+                    .and_then(|()| send_part(shared, &stream, span))
                     .map_err(|e| anyhow::anyhow!("sending part {index}: {e}"));
                 link.outbox.upload_done();
                 shared.note_uploads_changed();
@@ -69,4 +71,23 @@ pub fn write_loop(shared: &Shared, link: &PeerLink, stream: TcpStream) -> Result
             out.flush()?;
         }
     }
+}
+
+/// Sends the part's bytes, in chunks that each wait for the upload cap when there is one.
+fn send_part(shared: &Shared, stream: &TcpStream, span: Span) -> std::io::Result<()> {
+    let Some(cap) = &shared.upload_cap else {
+        return shared.storage.send_to(stream, span);
+    };
+    let mut done = 0;
+    while done < span.len {
+        let len = (span.len - done).min(CHUNK);
+        cap.take(len);
+        let chunk = Span {
+            offset: span.offset + done as u64,
+            len,
+        };
+        shared.storage.send_to(stream, chunk)?;
+        done += len;
+    }
+    Ok(())
 }
