@@ -410,13 +410,14 @@ fn deliver_to(host: &Host, queue_ms: f64) {
                 break;
             };
             note_lateness(&host.counters, now.saturating_duration_since(due));
+            // A TUN write takes one whole packet or fails: a short count is an error too.
             match (&host.tun).write(&packet) {
-                Ok(_) => {
+                Ok(n) if n == packet.len() => {
                     host.counters
                         .delivered
                         .fetch_add(packet.len() as u64, AtomicOrdering::Relaxed);
                 }
-                Err(_) => {
+                Ok(_) | Err(_) => {
                     host.counters
                         .write_errors
                         .fetch_add(1, AtomicOrdering::Relaxed);
