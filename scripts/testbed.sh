@@ -97,10 +97,14 @@ class Net:
     def ip(i):
         return f"{NET}.{i + 1}"
 
+    sysctls = []    # "key=value" set in every namespace (--host-sysctl)
+
     def _add_ns(self, name):
         run(["ip", "netns", "add", name])
         self.created.append(name)
         run(["ip", "-n", name, "link", "set", "lo", "up"])
+        for kv in self.sysctls:
+            run(["ip", "netns", "exec", name, "sysctl", "-q", "-w", kv])
         # No IPv6: no router solicitations or DAD in the counters.
         for conf in ("all", "default"):
             run(["ip", "netns", "exec", name, "sh", "-c",
@@ -1013,6 +1017,9 @@ def main():
                     help="Mbit/s for --calibrate, 0 = unlimited (default 100,200,1000,0)")
     ap.add_argument("--calibrate-rtts", default="0,10,50,100",
                     help="round trips in ms for --calibrate (default 0,10,50,100)")
+    ap.add_argument("--host-sysctl", action="append", default=[], metavar="KEY=VALUE",
+                    help="set a (per-namespace) sysctl in every host, e.g. "
+                    "--host-sysctl 'net.ipv4.tcp_wmem=4096 16384 33554432' (repeatable)")
     ap.add_argument("--loss", type=float, default=0.0,
                     help="latency scenarios: fraction of packets the emulator drops (default 0)")
     ap.add_argument("--netem", help="the emulator binary (default: target/release/examples/netem, "
@@ -1082,6 +1089,7 @@ def main():
     wants_netem = args.calibrate or any("delay" in SCENARIOS[k] for k in keys)
 
     args.runid = "%06x" % random.getrandbits(24)
+    Net.sysctls = args.host_sysctl
     # Namespaces allowed here?
     probe = f"tnc-{args.runid}-probe"
     r = run(["ip", "netns", "add", probe], check=False)
