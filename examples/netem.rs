@@ -419,7 +419,10 @@ fn deliver_to(host: &Host, queue_ms: f64, quantum: Duration) {
             let Some((due, packet)) = leaving.pop_front() else {
                 break;
             };
-            note_lateness(&host.counters, Instant::now().saturating_duration_since(due));
+            note_lateness(
+                &host.counters,
+                Instant::now().saturating_duration_since(due),
+            );
             // A TUN write takes one whole packet or fails: a short count is an error too.
             match (&host.tun).write(&packet) {
                 Ok(n) if n == packet.len() => {

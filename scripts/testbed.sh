@@ -5,6 +5,8 @@
 #   scripts/testbed.sh --quick                 functional check: 1 seeder + 3 members, 8 MiB, 100 Mbit
 #   scripts/testbed.sh --all [--runs 3]        the six scenarios and the client-server baseline
 #   scripts/testbed.sh --s1 --s6 --baseline    some of them (--s1 ... --s6, --baseline)
+#   scripts/testbed.sh --latency [--runs 3]    W1-W6 of issue 10: round trips 10-150 ms
+#   scripts/testbed.sh --calibrate             what the delay emulator does by itself
 #   scripts/testbed.sh --help                  every option
 #
 # Every host is a network namespace (tnc-<runid>-hN) with one veth to a bridge that lives in a
@@ -18,6 +20,10 @@
 # interrupt or timeout. It needs root, ip and tc (iproute2), python3 (3.8+, stdlib only) and,
 # for --s6 and --baseline, curl; where network namespaces are not allowed it says "skipped" and
 # exits 0.
+#
+# The latency scenarios (W1-W4, W6; the kernels here have no netem) use TunNet instead of the
+# bridge: each host's eth0 is a TUN device fed by examples/netem.rs, which holds every packet for
+# its source's plus its destination's one-way delay and passes it through both hosts' rates.
 #
 # The orchestration is Python (stdlib only): many processes, their JSON event streams and the
 # statistics are far simpler and more robust there than in bash.
