@@ -5,6 +5,8 @@
 #   scripts/testbed.sh --quick                 functional check: 1 seeder + 3 members, 8 MiB, 100 Mbit
 #   scripts/testbed.sh --all [--runs 3]        the six scenarios and the client-server baseline
 #   scripts/testbed.sh --s1 --s6 --baseline    some of them (--s1 ... --s6, --baseline)
+#   scripts/testbed.sh --latency [--runs 3]    W1-W6 of issue 10: round trips 10-150 ms
+#   scripts/testbed.sh --calibrate             what the delay emulator does by itself
 #   scripts/testbed.sh --help                  every option
 #
 # Every host is a network namespace (tnc-<runid>-hN) with one veth to a bridge that lives in a
@@ -18,6 +20,10 @@
 # interrupt or timeout. It needs root, ip and tc (iproute2), python3 (3.8+, stdlib only) and,
 # for --s6 and --baseline, curl; where network namespaces are not allowed it says "skipped" and
 # exits 0.
+#
+# The latency scenarios (W1-W4, W6; the kernels here have no netem) use TunNet instead of the
+# bridge: each host's eth0 is a TUN device fed by examples/netem.rs, which holds every packet for
+# its source's plus its destination's one-way delay and passes it through both hosts' rates.
 #
 # The orchestration is Python (stdlib only): many processes, their JSON event streams and the
 # statistics are far simpler and more robust there than in bash.
@@ -64,6 +70,10 @@ class Fatal(Exception):
     pass
 
 
+class GlobalTimeout(Exception):
+    """--timeout passed: ends everything (a Fatal ends only its scenario)."""
+
+
 def run(argv, check=True, capture=False, timeout=30):
     r = sp.run(argv, stdin=sp.DEVNULL, stdout=sp.PIPE if capture else sp.DEVNULL,
                stderr=sp.PIPE, text=True, timeout=timeout)
@@ -93,10 +103,14 @@ class Net:
     def ip(i):
         return f"{NET}.{i + 1}"
 
+    sysctls = []    # "key=value" set in every namespace (--host-sysctl)
+
     def _add_ns(self, name):
         run(["ip", "netns", "add", name])
         self.created.append(name)
         run(["ip", "-n", name, "link", "set", "lo", "up"])
+        for kv in self.sysctls:
+            run(["ip", "netns", "exec", name, "sysctl", "-q", "-w", kv])
         # No IPv6: no router solicitations or DAD in the counters.
         for conf in ("all", "default"):
             run(["ip", "netns", "exec", name, "sh", "-c",
@@ -162,6 +176,83 @@ class Net:
                     pass
             run(["ip", "netns", "del", name], check=False)
         self.created = []
+
+
+class TunNet(Net):
+    """The same hosts joined by examples/netem.rs instead of a bridge: each host's eth0 is a TUN
+    device whose packets one emulator process holds for the delay between source and destination
+    (d_A + d_B one way), through the source's upload and the destination's download rates (each
+    with an 80 ms queue), then writes to the destination. The kernels here have neither netem nor
+    fq, so this is how the hosts' TCP gets a real round trip (issue 10)."""
+
+    def __init__(self, runid, links, delays, netem, loss=0.0, mtu=1500):
+        super().__init__(runid, links)
+        self.delays, self.netem, self.loss, self.mtu = delays, netem, loss, mtu
+        self.emu = None
+        self.report = None          # the emulator's latest counters line
+        self.ready = threading.Event()
+
+    def up(self):
+        # The emulator runs in the namespace that holds the bridge otherwise: it needs no
+        # network of its own, and cleanup finds it there with `ip netns pids`.
+        self._add_ns(self.br)
+        for i in range(len(self.links)):
+            self._add_ns(self.ns(i))
+        argv = ["ip", "netns", "exec", self.br]
+        # Real-time priority: the emulator is the network, and on a shared 2-core machine the
+        # hosts it carries (hashing members) must not delay its packets (see BENCHMARKS.md).
+        if shutil.which("chrt"):
+            argv += ["chrt", "-f", "20"]
+        argv += [self.netem, "--report-ms", "100", "--loss", str(self.loss)]
+        for i, ((upm, downm), d) in enumerate(zip(self.links, self.delays)):
+            argv += ["--host", f"{self.ns(i)},{self.ip(i)},{upm},{downm},{d}"]
+        self.err = tempfile.TemporaryFile(mode="w+")
+        self.emu = sp.Popen(argv, stdin=sp.DEVNULL, stdout=sp.PIPE, stderr=self.err, text=True,
+                            start_new_session=True)
+        threading.Thread(target=self._read, daemon=True).start()
+        wait_for(lambda: self.ready.is_set() or self.emu.poll() is not None, 10, "the emulator")
+        if not self.ready.is_set():
+            self.err.seek(0)
+            raise Fatal(f"netem did not start: {self.err.read().strip()}")
+        for i in range(len(self.links)):
+            ns = self.ns(i)
+            run(["ip", "-n", ns, "addr", "add", f"{self.ip(i)}/24", "dev", "eth0"])
+            # A long device queue: when the emulator falls behind for a moment the packets wait
+            # instead of being dropped before they reach the emulated link.
+            run(["ip", "-n", ns, "link", "set", "eth0", "mtu", str(self.mtu), "txqueuelen",
+                 "10000", "up"])
+
+    def _read(self):
+        for line in self.emu.stdout:
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue
+            if e.get("event") == "ready":
+                self.ready.set()
+            elif e.get("event") == "counters":
+                self.report = e
+
+    def shape(self, i, upm, downm):
+        raise Fatal("TunNet links are shaped by the emulator, not by tc")
+
+    def bridge_counters(self):
+        """{host: (tx, rx)} as the emulator counts them (IP packets, headers included)."""
+        r = self.report
+        if r is None:
+            raise Fatal("no counters from the emulator yet")
+        return {i: (tx, rx) for i, (tx, rx) in enumerate(r["hosts"])}
+
+    def down(self):
+        if self.emu is not None and self.emu.poll() is None:
+            self.emu.terminate()
+            try:
+                self.emu.wait(3)
+            except sp.TimeoutExpired:
+                self.emu.kill()
+                self.emu.wait(3)
+        self.emu = None
+        super().down()
 
 
 # --------------------------------------------------------------------------------------------
@@ -340,6 +431,41 @@ SCENARIOS = {
 }
 
 
+# Latency scenarios (issue 10), on TunNet. "delay" is every host's one-way access delay in ms
+# (conductor, seeder, members), so the round trip between hosts A and B is 2 (d_A + d_B).
+# "No rate limit" in W1 is 1 Gbit/s per host, which the emulator carries (see --calibrate).
+def _w1(rtt):
+    return dict(title=f"W1: 1 seeder -> 1 member at {rtt} ms RTT, 1 Gbit/s, vs curl", members=1,
+                size=256, seed=(1000, 1000), up=[1000], down=[1000], delay=[rtt / 4] * 3,
+                versus_http=True, target=1.1)
+
+
+LATENCY = {
+    "w1_10": _w1(10),
+    "w1_50": _w1(50),
+    "w1_100": _w1(100),
+    "w2": dict(title="W2: 1 -> 1 at 50 ms RTT, both hosts 200 Mbit/s", members=1, size=256,
+               seed=(200, 200), up=[200], down=[200], delay=[12.5] * 3, versus_http=True,
+               link_share=0.9),
+    "w3": dict(title="W3: 1 seeder + 7 members, 100 Mbit/s, 50 ms RTT between any two",
+               members=7, size=128, seed=(100, 100), up=[100] * 7, down=[100] * 7,
+               delay=[12.5] * 9, target=1.3, copies=1.3),
+    # Regions: round trips from 10 ms (2.5 + 2.5 ms hosts) to 150 ms (37.5 + 37.5 ms hosts).
+    "w4": dict(title="W4: as W3, round trips 10-150 ms (regions)", members=7, size=128,
+               seed=(100, 100), up=[100] * 7, down=[100] * 7,
+               delay=[10, 2.5, 2.5, 7.5, 12.5, 20, 27.5, 37.5, 37.5], target=1.4),
+    "w5": dict(SCENARIOS["s1"], title="W5: zero latency (scenario 1: 1 + 7, 100/100 Mbit, tbf)"),
+    # The cap is the member flag of issue 10 item 2: until the member has it, the seeder exits
+    # with "unexpected argument" and the scenario reports that.
+    "w6": dict(title="W6: 1 -> 1 at 50 ms RTT, 1 Gbit/s, seeder --max-upload-rate 20MB/s",
+               members=1, size=256, seed=(1000, 1000), up=[1000], down=[1000],
+               delay=[12.5] * 3, seeder_args=["--max-upload-rate", "20MB/s"], cap_rate=20e6),
+}
+SCENARIOS.update(LATENCY)
+W_OPTIONS = {"w1": ["w1_10", "w1_50", "w1_100"], "w2": ["w2"], "w3": ["w3"], "w4": ["w4"],
+             "w5": ["w5"], "w6": ["w6"]}
+
+
 class Bench:
     def __init__(self, args, work, bins):
         self.args, self.work, self.bins = args, work, bins
@@ -376,23 +502,23 @@ class Bench:
             raise Fatal(f"conductor did not start: {open(c.err_path).read().strip()}")
         return c
 
-    def seeder(self, net, orig, orch, logdir):
+    def seeder(self, net, orig, orch, logdir, extra):
         d = os.path.join(logdir, "h1")
         os.makedirs(d)
         shutil.copyfile(orig, os.path.join(d, "sample.bin"))
         s = Proc(net, 1, "seeder", [self.bins["member"], orch, "--dir", d, "--listen",
-                 "0.0.0.0:0", "--json"], logdir)
+                 "0.0.0.0:0", "--json"] + extra, logdir)
         wait_for(lambda: (s.first("complete")[0] is not None and s.first("conductor_ok")[0]
                           is not None) or not s.alive(), 60, "the seeder to verify and announce")
         if not s.alive():
             raise Fatal(f"seeder failed: {open(s.err_path).read().strip()}")
         return s
 
-    def member(self, net, host, orch, logdir):
+    def member(self, net, host, orch, logdir, extra):
         d = os.path.join(logdir, f"h{host}")
         os.makedirs(d, exist_ok=True)
         argv = [self.bins["member"], orch, "--dir", d, "--listen", "0.0.0.0:0", "--json",
-                "--exit-when-done"] + self.args.member_arg
+                "--exit-when-done"] + extra
         return Proc(net, host, f"m{host}", argv, logdir)
 
     def curl(self, net, host, logdir):
@@ -453,7 +579,8 @@ class Bench:
                 server.stop()
             else:
                 cond = self.conductor(net, logdir)
-                seeder = self.seeder(net, orig, orch, logdir)
+                seeder = self.seeder(net, orig, orch, logdir,
+                                     sc.get("seeder_args", []) + args.seeder_arg)
                 sampler = Sampler(net, 0.1 if sc.get("seeder_quits") else 0.25,
                                   self._quitter(sc, seeder, F, res) if sc.get("seeder_quits")
                                   else None)
@@ -462,11 +589,14 @@ class Bench:
                 late = sc.get("late", 0)
                 early_hosts = members[:len(members) - late]
                 late_hosts = members[len(members) - late:]
-                procs = [(h, self.member(net, h, orch, logdir)) for h in early_hosts]
+                member_args = sc.get("member_args", []) + args.member_arg
+                procs = [(h, self.member(net, h, orch, logdir, member_args))
+                         for h in early_hosts]
                 if late_hosts:
                     time.sleep(sc["late_delay"])
                     t_late = time.monotonic()
-                    procs += [(h, self.member(net, h, orch, logdir)) for h in late_hosts]
+                    procs += [(h, self.member(net, h, orch, logdir, member_args))
+                              for h in late_hosts]
                 if args.ss_at:
                     threading.Thread(target=self._ss_snapshot, daemon=True,
                                      args=(net, logdir, t0 + args.ss_at)).start()
@@ -547,6 +677,20 @@ class Bench:
         res["slowest"] = max(by_start) if by_start else None
         res["mean"] = statistics.mean(done) if done else None
         res["ratio"] = res["slowest"] / tmin if res["slowest"] else None
+        details = res.get("members_detail", {}).values()
+        firsts = [d["first_progress_with_part_s"] for d in details
+                  if d.get("first_progress_with_part_s") is not None]
+        res["first_part_s"] = statistics.median(firsts) if firsts else None
+        afters = [d["first_part_after_s"] for d in details if d.get("first_part_after_s") is not None]
+        res["first_part_after_s"] = statistics.median(afters) if afters else None
+        if len(procs) == 1 and res.get("members_detail"):
+            d = next(iter(res["members_detail"].values()))
+            res["member_rate"] = F / d["download_s"] if ok[procs[0][0]] and d["download_s"] else None
+            res["steady_rate"] = d["steady_rate"] if ok[procs[0][0]] else None
+        if isinstance(net, TunNet) and net.report:
+            r = net.report
+            res["emulator"] = {k: r[k] for k in ("queue_drops", "loss_drops", "write_errors",
+                                                 "late_mean_us", "late_max_us")}
         res["seeder_copies_wire"] = res["hosts"]["h1"]["tx"] / F
         res["seeder_copies"] = seed_payload / F if seed_payload is not None else None
         upl = sum(res["hosts"][f"h{h}"]["tx"] for h in members)
@@ -559,6 +703,62 @@ class Bench:
             shutil.rmtree(os.path.join(logdir, f"h{h}"), ignore_errors=True)
         shutil.rmtree(os.path.join(logdir, "h1"), ignore_errors=True)
         return res
+
+    def calibrate(self, rates, rtts):
+        """What the emulator does by itself: one curl from `python3 -m http.server` through it
+        per (rate, round trip), beside the TCP connect time (one round trip) of 5 HEAD requests."""
+        rows = []
+        for rate in rates:
+            # About 5 s of transfer at the rate; 256 MiB where the rate is 1 Gbit/s or more.
+            size = {100: 64, 200: 128}.get(rate, 256)
+            for rtt in rtts:
+                net = TunNet(self.args.runid, [(100, 100), (rate, rate), (rate, rate)],
+                             [rtt / 4] * 3, self.bins["netem"], loss=self.args.loss)
+                self.nets.append(net)
+                logdir = os.path.join(self.work, f"calibrate-{rate}-{rtt}")
+                os.makedirs(logdir)
+                try:
+                    net.up()
+                    orig, _ = self.sample_file(size, net)
+                    server = self.http_server(net, orig, logdir)
+                    url = f"http://{net.ip(1)}:{HTTP_PORT}/sample.bin"
+                    curl = ["ip", "netns", "exec", net.ns(2), "curl", "-sS", "--noproxy", "*",
+                            "-o", "/dev/null"]
+                    connects = [float(run(curl + ["-I", "-w", "%{time_connect}", url],
+                                          capture=True).stdout) for _ in range(5)]
+                    out = run(curl + ["-w", "%{time_connect} %{time_total}", url], capture=True,
+                              timeout=600).stdout.split()
+                    total = float(out[1])
+                    server.stop()
+                    e = net.report or {}
+                    got = size * MiB * 8 / total / 1e6
+                    row = dict(rate_mbit=rate, rtt_ms=rtt, size_mib=size,
+                               connect_ms=statistics.median(connects) * 1000,
+                               connect_all_ms=[round(c * 1000, 2) for c in connects],
+                               total_s=total, mbit=got, share=got / rate if rate else None,
+                               queue_drops=e.get("queue_drops"),
+                               late_mean_us=e.get("late_mean_us"),
+                               late_max_us=e.get("late_max_us"))
+                    rows.append(row)
+                    log(f"   {'unlimited' if not rate else f'{rate} Mbit/s'}, RTT {rtt} ms: TCP "
+                        f"connect {row['connect_ms']:.2f} ms (median of 5), curl {size} MiB in "
+                        f"{total:.2f} s = {got:.0f} Mbit/s"
+                        + (f" ({row['share']:.0%} of the rate)" if rate else "")
+                        + f"; emulator: {row['queue_drops']} queue drops, packets late "
+                        f"{row['late_mean_us']} µs mean, {(row['late_max_us'] or 0) / 1000:.1f} ms max")
+                finally:
+                    stop_all()
+                    net.down()
+                    self.nets.remove(net)
+        log("\n| rate | RTT set | TCP connect (median of 5) | curl, whole transfer | of the rate | "
+            "queue drops | late mean / max |")
+        log("| --- | --- | --- | --- | --- | --- | --- |")
+        for r in rows:
+            log(f"| {'unlimited' if not r['rate_mbit'] else str(r['rate_mbit']) + ' Mbit/s'} | "
+                f"{r['rtt_ms']} ms | {r['connect_ms']:.2f} ms | {r['size_mib']} MiB in "
+                f"{r['total_s']:.2f} s = {r['mbit']:.0f} Mbit/s | {fmt(r['share'], '.0%')} | "
+                f"{r['queue_drops']} | {r['late_mean_us']} µs / {(r['late_max_us'] or 0) / 1000:.1f} ms |")
+        return rows
 
     def _ss_snapshot(self, net, logdir, at):
         """`ss -tin` in every host at one moment: per-connection RTT, queues, bytes."""
@@ -598,7 +798,11 @@ class Bench:
     def scenario(self, key, runs):
         sc = SCENARIOS[key]
         links = [(100, 100), sc["seed"]] + list(zip(sc["up"], sc["down"]))
-        net = Net(self.args.runid, links)
+        if "delay" in sc:
+            net = TunNet(self.args.runid, links, sc["delay"], self.bins["netem"],
+                         loss=self.args.loss)
+        else:
+            net = Net(self.args.runid, links)
         self.nets.append(net)
         log(f"== {sc['title']} ({sc['size']} MiB, {runs} run{'s' * (runs > 1)})")
         results = []
@@ -615,6 +819,7 @@ class Bench:
                         if d["exit_s"] is not None) if swarm["all_ok"] else None
                     swarm["vs_http"] = (swarm["wall_member"] / http["slowest"]
                                         if swarm["wall_member"] and http["slowest"] else None)
+                    swarm["http_rate"] = swarm["F"] / http["slowest"] if http["slowest"] else None
                     res = swarm
                 else:
                     res = self.run_once(key, sc, net, r)
@@ -631,12 +836,26 @@ def member_detail(p):
     _, summ = p.last("summary")
     conns = [t for t, e in p.events if e.get("event") == "peer_connected"]
     peers = [(t, e.get("peers", 0)) for t, e in p.events if e.get("event") == "progress"]
-    first_part = next((t for t, e in p.events
-                       if e.get("event") == "progress" and e.get("parts_done", 0) > 0), None)
+    progress = [(t, e) for t, e in p.events if e.get("event") == "progress"]
+    first = next((k for k, (_, e) in enumerate(progress) if e.get("parts_done", 0) > 0), None)
+    # Progress comes every 500 ms: the first part was verified after the last report without
+    # one (or the start) and by the first report with one.
+    first_part = progress[first][0] if first is not None else None
+    ts, _ = p.first("start")
+    first_part_after = (progress[first - 1][0] if first else ts) if first is not None else None
+    _, comp = p.first("complete")
+    # The rate once the first part is in, to the end: what a cap or a link allows, without the
+    # start-up (conductor, connections, slow start).
+    steady = None
+    if first is not None and tc is not None and tc > progress[first][0]:
+        steady = (progress[first][1]["bytes_total"] - progress[first][1]["bytes_done"]) / (
+            tc - progress[first][0])
     d = dict(complete_s=tc, exit_s=p.t_exit, first_connect_s=conns[0] if conns else None,
              connects=len(conns), max_peers=max((n for _, n in peers), default=0),
              peers_by_1s=max((n for t, n in peers if t <= 1.0), default=0),
-             first_progress_with_part_s=first_part)
+             first_progress_with_part_s=first_part, first_part_after_s=first_part_after,
+             start_s=ts, download_s=comp.get("download_seconds") if comp else None,
+             steady_rate=steady)
     if summ:
         d.update(bytes_down=summ["bytes_down"], bytes_up=summ["bytes_up"],
                  download_seconds=summ["download_seconds"], peers_used=summ["peers_used"])
@@ -697,6 +916,18 @@ def one_line(r):
               f"{SCENARIOS[r['scenario']]['seeder_quits']} F before the end: scenario not tested)")
     if r.get("redundant") is not None:
         s += f"; redundant payload sent {r['redundant']:.0%} of what members kept"
+    if r.get("first_part_s") is not None:
+        s += (f"; first part verified {fmt(r['first_part_after_s'])}-{fmt(r['first_part_s'])} s "
+              f"after start (median)")
+    if r.get("member_rate"):
+        s += (f"; member {r['member_rate'] / 1e6:.1f} MB/s from start, "
+              f"{fmt(r.get('steady_rate') and r['steady_rate'] / 1e6, '.1f')} MB/s after its first part")
+    if r.get("http_rate"):
+        s += f"; curl {r['http_rate'] / 1e6:.1f} MB/s"
+    if "emulator" in r:
+        e = r["emulator"]
+        s += (f"; emulator so far: {e['queue_drops']} queue drops, late {e['late_mean_us']} µs "
+              f"mean, {e['late_max_us'] / 1000:.1f} ms max")
     return s
 
 
@@ -719,10 +950,24 @@ def verdict(key, rs):
             good = False
             why.append(f"{untested} of {len(rs)} runs: the seeder never sent "
                        f"{sc['seeder_quits']} F, so it never quit (not tested)")
-    if key == "s6":
+    if sc.get("versus_http") and "target" in sc:
         v = med(rs, "vs_http")
         good = good and v is not None and v <= sc["target"]
         why.append(f"{fmt(v)} × curl (target ≤ {sc['target']})")
+    elif "link_share" in sc:
+        rate = med(rs, "member_rate")
+        link = mbit(min(sc["seed"][0], sc["down"][0]))
+        share = rate / link if rate else None
+        good = good and share is not None and share >= sc["link_share"]
+        curl = med(rs, "http_rate")
+        why.append(f"member {fmt(rate and rate / 1e6, '.1f')} MB/s = {fmt(share, '.0%')} of the "
+                   f"{link * 8 / 1e6:.0f} Mbit/s link (target ≥ {sc['link_share']:.0%}); curl "
+                   f"{fmt(curl and curl / 1e6, '.1f')} MB/s = {fmt(curl and curl / link, '.0%')}")
+    elif "cap_rate" in sc:
+        rate = med(rs, "steady_rate")
+        good = good and rate is not None and abs(rate / sc["cap_rate"] - 1) <= 0.05
+        why.append(f"member {fmt(rate and rate / 1e6, '.2f')} MB/s after its first part "
+                   f"(target {sc['cap_rate'] / 1e6:.0f} MB/s ± 5 %)")
     elif "target" in sc:
         ratio = med(rs, "ratio")
         good = good and ratio is not None and ratio <= sc["target"]
@@ -736,20 +981,23 @@ def verdict(key, rs):
     return good, "; ".join(why)
 
 
-def summary_table(all_results, runs_cmd):
+def summary_table(all_results, not_run):
     log("\n| scenario | runs complete | T_min s | slowest s (median) | mean s | slowest / T_min | "
-        "seeder sent (F) | target | met |")
-    log("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        "seeder sent (F) | first part s | target | met |")
+    log("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for key, rs in all_results.items():
         sc = SCENARIOS[key]
         good, why = verdict(key, rs)
         extra = ""
-        if key == "s6":
+        if sc.get("versus_http"):
             extra = f" (curl {fmt(med(rs, 'http_time'))} s)"
         ok_runs = sum(1 for r in rs if r["all_ok"])
         log(f"| {sc['title']} | {ok_runs}/{len(rs)} | {rs[0]['t_min']:.2f} | {fmt(med(rs, 'slowest'))}"
             f"{extra} | {fmt(med(rs, 'mean'))} | {fmt(med(rs, 'ratio'))} | "
-            f"{fmt(med(rs, 'seeder_copies'))} | {why} | {'yes' if good else 'no'} |")
+            f"{fmt(med(rs, 'seeder_copies'))} | {fmt(med(rs, 'first_part_s'))} | {why} | "
+            f"{'yes' if good else 'no'} |")
+    for key, why in not_run.items():
+        log(f"| {SCENARIOS[key]['title']} | not run | | | | | | | {why} | no |")
 
 
 # --------------------------------------------------------------------------------------------
@@ -764,6 +1012,24 @@ def main():
     for k in ("s1", "s2", "s3", "s4", "s5", "s5b", "s6", "baseline"):
         ap.add_argument(f"--{k}", action="store_true", help=SCENARIOS[k]["title"])
     ap.add_argument("--all", action="store_true", help="s1 to s6 and the baseline")
+    for k, keys in W_OPTIONS.items():
+        ap.add_argument(f"--{k}", action="store_true",
+                        help="; ".join(SCENARIOS[x]["title"] for x in keys))
+    ap.add_argument("--latency", action="store_true", help="W1 to W6 (issue 10)")
+    ap.add_argument("--calibrate", action="store_true", help="measure the emulator by itself: "
+                    "curl from http.server through it at 0, 10, 50, 100 ms RTT and at 100, 200, "
+                    "1000 Mbit/s and unlimited")
+    ap.add_argument("--calibrate-rates", default="100,200,1000,0",
+                    help="Mbit/s for --calibrate, 0 = unlimited (default 100,200,1000,0)")
+    ap.add_argument("--calibrate-rtts", default="0,10,50,100",
+                    help="round trips in ms for --calibrate (default 0,10,50,100)")
+    ap.add_argument("--host-sysctl", action="append", default=[], metavar="KEY=VALUE",
+                    help="set a (per-namespace) sysctl in every host, e.g. "
+                    "--host-sysctl 'net.ipv4.tcp_wmem=4096 16384 33554432' (repeatable)")
+    ap.add_argument("--loss", type=float, default=0.0,
+                    help="latency scenarios: fraction of packets the emulator drops (default 0)")
+    ap.add_argument("--netem", help="the emulator binary (default: target/release/examples/netem, "
+                    "built with cargo if missing)")
     ap.add_argument("--runs", type=int, default=3, help="runs per scenario (default 3)")
     ap.add_argument("--size", type=int, help="file size in MiB for every scenario "
                     "(default: 128, 512 for s6, 8 for --quick)")
@@ -773,6 +1039,8 @@ def main():
     ap.add_argument("--part-size", help="composer PART_SIZE (default: composer's choice)")
     ap.add_argument("--member-arg", action="append", default=[],
                     help="extra member argument, e.g. --member-arg=--pipeline=8 (repeatable)")
+    ap.add_argument("--seeder-arg", action="append", default=[],
+                    help="extra argument for the seeder (repeatable)")
     ap.add_argument("--timeout", type=float, default=3600, help="global limit in seconds "
                     "(default 3600; 180 with --quick)")
     ap.add_argument("--run-limit", type=float, help="seconds one run may take before its members "
@@ -803,24 +1071,31 @@ def main():
 
     keys = [k for k in ("s1", "s2", "s3", "s4", "s5", "s5b", "s6", "baseline")
             if getattr(args, k) or args.all]
+    keys += [x for k, xs in W_OPTIONS.items() if getattr(args, k) or args.latency for x in xs]
     if args.quick:
         keys = ["quick"] + keys
         if len(keys) == 1:
             args.runs = 1
             if args.timeout == 3600:
                 args.timeout = 180
-    if not keys:
+    if not keys and not args.calibrate:
         ap.print_usage()
-        log("choose --quick, --all or some of --s1 ... --s6, --baseline")
+        log("choose --quick, --all, --latency, --calibrate or some of --s1 ... --s6, --baseline, "
+            "--w1 ... --w6")
         return 2
     if args.size:
         for k in keys:
             SCENARIOS[k]["size"] = args.size
-    if any(k in ("s6", "baseline") for k in keys) and not shutil.which("curl"):
-        log("error: curl is needed for --s6 and --baseline (apt-get install -y curl)")
+    wants_curl = args.calibrate or any(SCENARIOS[k].get("versus_http") or k == "baseline"
+                                       for k in keys)
+    if wants_curl and not shutil.which("curl"):
+        log("error: curl is needed for --s6, --baseline, --w1, --w2 and --calibrate "
+            "(apt-get install -y curl)")
         return 2
+    wants_netem = args.calibrate or any("delay" in SCENARIOS[k] for k in keys)
 
     args.runid = "%06x" % random.getrandbits(24)
+    Net.sysctls = args.host_sysctl
     # Namespaces allowed here?
     probe = f"tnc-{args.runid}-probe"
     r = run(["ip", "netns", "add", probe], check=False)
@@ -851,7 +1126,7 @@ def main():
         raise KeyboardInterrupt(f"signal {sig}")
 
     def on_alarm(_sig, _frame):
-        raise Fatal(f"global timeout of {args.timeout:.0f} s")
+        raise GlobalTimeout(f"global timeout of {args.timeout:.0f} s")
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
@@ -871,18 +1146,40 @@ def main():
             dst = os.path.join(work, "bin", b)
             shutil.copy2(os.path.join(src, b), dst)
             bench.bins[b] = dst
+        if wants_netem:
+            netem = args.netem or os.path.join(ROOT, "target", "release", "examples", "netem")
+            if not args.netem and not os.path.exists(netem):
+                log("building the emulator (examples/netem.rs)...")
+                run(["cargo", "build", "--release", "--quiet", "--example", "netem",
+                     "--manifest-path", os.path.join(ROOT, "Cargo.toml")], timeout=1200)
+            bench.bins["netem"] = os.path.join(work, "bin", "netem")
+            shutil.copy2(netem, bench.bins["netem"])
         log(f"testbed {args.runid}: namespaces tnc-{args.runid}-*, network {NET}.0/24 inside them "
             f"only; work folder {work}; load {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpus")
         results = {}
+        if args.calibrate:
+            log("== calibration: curl from http.server through the emulator, 1 run each")
+            results["calibration"] = bench.calibrate(
+                [int(x) for x in args.calibrate_rates.split(",")],
+                [float(x) if "." in x else int(x) for x in args.calibrate_rtts.split(",")])
+        not_run = {}
         for k in keys:
             runs = 1 if k == "quick" else args.runs
-            results[k] = bench.scenario(k, runs)
+            try:
+                results[k] = bench.scenario(k, runs)
+            except Fatal as e:
+                # One scenario that cannot run (W6 before the member has its rate flags) does
+                # not stop the others.
+                log(f"   scenario not run: {e}")
+                not_run[k] = str(e)
+                code = 1
             if args.json_out:
                 with open(args.json_out, "w") as f:
-                    json.dump(results, f, indent=1)
-        summary_table(results, sys.argv)
+                    json.dump(dict(results, not_run=not_run), f, indent=1)
+        if keys:
+            summary_table({k: v for k, v in results.items() if k != "calibration"}, not_run)
         for k, rs in results.items():
-            if not all(r["all_ok"] for r in rs):
+            if k != "calibration" and not all(r["all_ok"] for r in rs):
                 code = 1
         if args.quick and code == 0:
             log("quick: every member completed and its copy is identical to the original")
@@ -890,7 +1187,7 @@ def main():
     except KeyboardInterrupt as e:
         log(f"interrupted ({e}); cleaning up")
         code = 130
-    except Fatal as e:
+    except (Fatal, GlobalTimeout) as e:
         log(f"error: {e}")
         code = 1
     finally:
