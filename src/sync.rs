@@ -2,11 +2,12 @@
 //!
 //! The standard `Mutex` refuses every later `lock` once a thread panicked while holding it, so
 //! one panic in one peer thread would stop every other thread of the process at its next lock,
-//! and unwrapping the lock result would turn that into exit code 101. The programs here are built so that
-//! a panic ends only the thread it happens in (a peer thread's panic drops that peer), so their
-//! locks recover instead: [`Mutex::lock`] hands out the guard even after a panic. Every critical
-//! section keeps its data valid at each step it could panic at (plain counters, maps and
-//! bitfields updated one call at a time), which is what makes recovering sound.
+//! and unwrapping the lock result would turn that into exit code 101. The programs here are
+//! built so that a panic ends only the thread it happens in (a peer thread's panic drops that
+//! peer), so their locks recover instead: [`Mutex::lock`] hands out the guard even after a
+//! panic. Every critical section keeps its data valid at each step it could panic at (plain
+//! counters, maps and bitfields updated one call at a time), which is what makes recovering
+//! sound.
 
 use std::sync::{self, PoisonError};
 use std::time::{Duration, Instant};
