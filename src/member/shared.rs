@@ -94,6 +94,7 @@ pub struct Parts {
     pub storage: Box<dyn Storage>,
     pub picker: Picker,
     pub complete: bool,
+    /// A handle on the listening socket (the accept loop owns another).
     pub listener: TcpListener,
     pub events: Sender<Event>,
 }
@@ -130,7 +131,7 @@ impl Shared {
             threads: Mutex::new(Vec::new()),
             sockets: Mutex::new(HashMap::new()),
             next_socket: AtomicU64::new(0),
-            listener: parts.listener.try_clone()?,
+            listener: parts.listener,
             orch: parts.orch,
             config: parts.config,
         })
