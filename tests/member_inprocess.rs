@@ -220,6 +220,17 @@ fn member_threads() -> usize {
         .count()
 }
 
+/// After `quit`, every thread's work has ended (it was joined), and the system's threads are
+/// gone too: a joined thread's entry leaves `/proc` a moment after its work ends.
+fn assert_all_threads_ended(member: &Member) {
+    assert_eq!(member.threads(), 0, "threads still at work after quit");
+    assert!(
+        poll_until(LIMIT, || member_threads() == 0),
+        "{} member threads left after quit",
+        member_threads()
+    );
+}
+
 #[test]
 fn quit_joins_every_thread_even_in_the_middle_of_a_fetch() {
     let _alone = ONE_AT_A_TIME.lock();
@@ -249,8 +260,9 @@ fn quit_joins_every_thread_even_in_the_middle_of_a_fetch() {
     let running = member_threads();
     // listener, announcer, connector, full-hash, and a reader and a writer for the peer.
     assert!(running >= 6, "only {running} member threads");
+    assert!(member.threads() >= 6, "{} threads at work", member.threads());
     member.quit(LIMIT);
-    assert_eq!(member_threads(), 0, "threads left after quit");
+    assert_all_threads_ended(&member);
     drop(member);
     conductor.shutdown();
 }
@@ -272,7 +284,7 @@ fn quit_does_not_wait_out_a_conductor_that_never_answers() {
     let (_announce, _) = silent.accept().unwrap();
     // Quitting gives the LEAVE almost no time, so only the joining waits for the announcer.
     member.quit(Duration::from_millis(1));
-    assert_eq!(member_threads(), 0, "threads left after quit");
+    assert_all_threads_ended(&member);
 }
 
 /// A policy that panics the first time it is asked, in whichever peer thread asks.

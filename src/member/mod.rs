@@ -325,6 +325,11 @@ impl Member {
         }
     }
 
+    /// The member's threads still at work: 0 once [`Member::quit`] has returned.
+    pub fn threads(&self) -> usize {
+        self.shared.running_threads()
+    }
+
     /// Why the member stopped on its own, if it did, as the failure to end the program with.
     pub fn failure(&self) -> Option<exit::Failure> {
         self.shared

@@ -196,6 +196,15 @@ impl Shared {
         Ok(())
     }
 
+    /// Threads started through [`Shared::spawn`] whose work has not ended yet.
+    pub fn running_threads(&self) -> usize {
+        self.threads
+            .lock()
+            .iter()
+            .filter(|thread| !thread.is_finished())
+            .count()
+    }
+
     /// Waits for every thread started through [`Shared::spawn`]. Only after
     /// [`Shared::begin_shutdown`], and never from one of those threads.
     pub fn join_threads(&self) {
