@@ -260,7 +260,11 @@ fn quit_joins_every_thread_even_in_the_middle_of_a_fetch() {
     let running = member_threads();
     // listener, announcer, connector, full-hash, and a reader and a writer for the peer.
     assert!(running >= 6, "only {running} member threads");
-    assert!(member.threads() >= 6, "{} threads at work", member.threads());
+    assert!(
+        member.threads() >= 6,
+        "{} threads at work",
+        member.threads()
+    );
     member.quit(LIMIT);
     assert_all_threads_ended(&member);
     drop(member);
