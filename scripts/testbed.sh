@@ -683,6 +683,8 @@ class Bench:
         res["first_part_s"] = statistics.median(firsts) if firsts else None
         afters = [d["first_part_after_s"] for d in details if d.get("first_part_after_s") is not None]
         res["first_part_after_s"] = statistics.median(afters) if afters else None
+        exact = [d["first_part_exact_s"] for d in details if d.get("first_part_exact_s") is not None]
+        res["first_part_exact_s"] = statistics.median(exact) if exact else None
         if len(procs) == 1 and res.get("members_detail"):
             d = next(iter(res["members_detail"].values()))
             res["member_rate"] = F / d["download_s"] if ok[procs[0][0]] and d["download_s"] else None
@@ -857,6 +859,8 @@ def member_detail(p):
              start_s=ts, download_s=comp.get("download_seconds") if comp else None,
              steady_rate=steady)
     if summ:
+        # The member's own clock (summary.first_part_seconds, when its version has it).
+        d["first_part_exact_s"] = summ.get("first_part_seconds")
         d.update(bytes_down=summ["bytes_down"], bytes_up=summ["bytes_up"],
                  download_seconds=summ["download_seconds"], peers_used=summ["peers_used"])
     return d
@@ -916,7 +920,9 @@ def one_line(r):
               f"{SCENARIOS[r['scenario']]['seeder_quits']} F before the end: scenario not tested)")
     if r.get("redundant") is not None:
         s += f"; redundant payload sent {r['redundant']:.0%} of what members kept"
-    if r.get("first_part_s") is not None:
+    if r.get("first_part_exact_s") is not None:
+        s += f"; first part verified {r['first_part_exact_s']:.3f} s after start (median)"
+    elif r.get("first_part_s") is not None:
         s += (f"; first part verified {fmt(r['first_part_after_s'])}-{fmt(r['first_part_s'])} s "
               f"after start (median)")
     if r.get("member_rate"):
@@ -994,7 +1000,7 @@ def summary_table(all_results, not_run):
         ok_runs = sum(1 for r in rs if r["all_ok"])
         log(f"| {sc['title']} | {ok_runs}/{len(rs)} | {rs[0]['t_min']:.2f} | {fmt(med(rs, 'slowest'))}"
             f"{extra} | {fmt(med(rs, 'mean'))} | {fmt(med(rs, 'ratio'))} | "
-            f"{fmt(med(rs, 'seeder_copies'))} | {fmt(med(rs, 'first_part_s'))} | {why} | "
+            f"{fmt(med(rs, 'seeder_copies'))} | {fmt(med(rs, 'first_part_exact_s') or med(rs, 'first_part_s'), '.3f')} | {why} | "
             f"{'yes' if good else 'no'} |")
     for key, why in not_run.items():
         log(f"| {SCENARIOS[key]['title']} | not run | | | | | | | {why} | no |")

@@ -223,6 +223,8 @@ fn every_json_line_matches_docs_json_md() {
     assert!(summary["download_seconds"].as_f64().unwrap() > 0.0);
     assert!(summary["rate_down"].as_f64().unwrap() > 0.0);
     assert!(summary["download_seconds"].as_f64() <= summary["seconds"].as_f64());
+    let first_part = summary["first_part_seconds"].as_f64().unwrap();
+    assert!(first_part > 0.0 && first_part <= summary["download_seconds"].as_f64().unwrap());
     note("member", &fetched);
 
     // The seeder reports progress about twice a second while it shares.
@@ -246,6 +248,9 @@ fn every_json_line_matches_docs_json_md() {
     }
     let complete = events_named(&shared, "complete");
     assert_eq!(complete[0]["download_seconds"], 0.0, "nothing to fetch");
+    if let Some(summary) = events_named(&shared, "summary").first() {
+        assert!(summary["first_part_seconds"].is_null(), "{summary}");
+    }
 
     // --- member: a lying peer is caught (part_rejected, peer_dropped).
     let other = start_conductor(&["--interval", "1s"]);

@@ -179,6 +179,8 @@ pub struct Status {
     pub requests_out: usize,
     pub peers_used: usize,
     pub parts_rejected: u64,
+    /// From the start to the first part stored that was not there at start.
+    pub first_part_after: Option<Duration>,
     /// How often each rate cap made connections wait, when there is one.
     pub upload_pressure: Option<Pressure>,
     pub download_pressure: Option<Pressure>,
@@ -293,7 +295,7 @@ impl Member {
 
     pub fn status(&self) -> Status {
         let s = &self.shared;
-        let (parts_done, bytes_done) = {
+        let (parts_done, bytes_done, first_part_at) = {
             let picker = s.picker.lock();
             let done = picker.parts_done();
             let has_last = s
@@ -301,7 +303,11 @@ impl Member {
                 .part_count()
                 .checked_sub(1)
                 .is_some_and(|last| picker.have().get(last));
-            (done, s.orch.bytes_in(done, has_last))
+            (
+                done,
+                s.orch.bytes_in(done, has_last),
+                picker.first_new_part_at(),
+            )
         };
         let (peers, requests_out) = {
             let links = s.peers.lock();
@@ -320,6 +326,7 @@ impl Member {
             requests_out,
             peers_used: s.peers_used(),
             parts_rejected: s.counters.parts_rejected.load(Ordering::Relaxed),
+            first_part_after: first_part_at.map(|at| at.saturating_duration_since(self.started)),
             upload_pressure: s.upload_cap.as_ref().map(TokenBucket::pressure),
             download_pressure: s.download_cap.as_ref().map(TokenBucket::pressure),
         }

@@ -4,6 +4,8 @@
 //! Peer threads share one picker behind a mutex and hold that lock only for these bookkeeping
 //! calls, never across I/O.
 
+use std::time::Instant;
+
 use super::bitfield::Bitfield;
 use super::policy::{Ask, PartsView, PiecePolicy};
 
@@ -14,6 +16,9 @@ pub struct Picker {
     /// Every part before this one is ours: picks start here.
     first_missing: u32,
     policy: Box<dyn PiecePolicy>,
+    /// When the first part we did not have at start was stored: how long a newcomer waits
+    /// before it has anything to give.
+    first_new_part_at: Option<Instant>,
 }
 
 impl Picker {
@@ -28,6 +33,7 @@ impl Picker {
             in_flight: vec![0; len],
             first_missing,
             policy,
+            first_new_part_at: None,
         }
     }
 
@@ -37,6 +43,10 @@ impl Picker {
 
     pub fn is_complete(&self) -> bool {
         self.have.is_full()
+    }
+
+    pub fn first_new_part_at(&self) -> Option<Instant> {
+        self.first_new_part_at
     }
 
     pub fn parts_done(&self) -> u32 {
@@ -101,6 +111,9 @@ impl Picker {
     pub fn complete(&mut self, index: u32) -> bool {
         self.release(index);
         let new = self.have.set(index);
+        if new && self.first_new_part_at.is_none() {
+            self.first_new_part_at = Some(Instant::now());
+        }
         while self.first_missing < self.have.len() && self.have.get(self.first_missing) {
             self.first_missing += 1;
         }

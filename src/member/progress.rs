@@ -195,6 +195,8 @@ pub struct Summary {
     pub rate_down: f64,
     pub peers_used: usize,
     pub parts_rejected: u64,
+    /// From the start to the first new part verified and stored; null when none came.
+    pub first_part_seconds: Option<f64>,
     #[serde(skip)]
     fetched: bool,
     #[serde(skip)]
@@ -220,6 +222,7 @@ impl Summary {
             rate_down,
             peers_used: status.peers_used,
             parts_rejected: status.parts_rejected,
+            first_part_seconds: status.first_part_after.map(crate::json::seconds),
             fetched: clock.fetching(),
             failed: status.phase == Phase::Failed,
         }
@@ -276,6 +279,7 @@ mod tests {
             requests_out: 0,
             peers_used: 2,
             parts_rejected: 1,
+            first_part_after: None,
             upload_pressure: None,
             download_pressure: None,
         }
