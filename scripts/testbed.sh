@@ -185,9 +185,11 @@ class TunNet(Net):
     with an 80 ms queue), then writes to the destination. The kernels here have neither netem nor
     fq, so this is how the hosts' TCP gets a real round trip (issue 10)."""
 
-    def __init__(self, runid, links, delays, netem, loss=0.0, mtu=1500):
+    def __init__(self, runid, links, delays, netem, loss=0.0, mtu=1500, counters_log=None):
         super().__init__(runid, links)
         self.delays, self.netem, self.loss, self.mtu = delays, netem, loss, mtu
+        # With --keep: every counters line (100 ms apart), for timelines of each host's link.
+        self.counters_log = counters_log
         self.emu = None
         self.report = None          # the emulator's latest counters line
         self.ready = threading.Event()
@@ -223,7 +225,10 @@ class TunNet(Net):
                  "10000", "up"])
 
     def _read(self):
+        log_file = open(self.counters_log, "w") if self.counters_log else None
         for line in self.emu.stdout:
+            if log_file:
+                log_file.write(line)
             try:
                 e = json.loads(line)
             except ValueError:
@@ -802,7 +807,8 @@ class Bench:
         links = [(100, 100), sc["seed"]] + list(zip(sc["up"], sc["down"]))
         if "delay" in sc:
             net = TunNet(self.args.runid, links, sc["delay"], self.bins["netem"],
-                         loss=self.args.loss)
+                         loss=self.args.loss, counters_log=os.path.join(
+                             self.work, f"{key}-emulator.jsonl") if self.args.keep else None)
         else:
             net = Net(self.args.runid, links)
         self.nets.append(net)
@@ -1054,7 +1060,9 @@ def main():
     ap.add_argument("--ss-at", type=float, metavar="SECONDS", help="diagnostics: save `ss -tin` "
                     "of every host this many seconds into each run (in the work folder)")
     ap.add_argument("--json-out", help="write every run's results to this JSON file")
-    ap.add_argument("--keep", action="store_true", help="keep the work folder (logs, events)")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder (logs, events; "
+                    "for the latency scenarios also KEY-emulator.jsonl, the emulator's "
+                    "counters every 100 ms)")
     ap.add_argument("--cleanup", metavar="RUNID",
                     help="only remove the namespaces tnc-RUNID-* left by a killed run")
     args = ap.parse_args()

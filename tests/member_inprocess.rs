@@ -8,7 +8,8 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::io::{BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +21,7 @@ use torrentnchill::member::storage::MemoryStorageFactory;
 use torrentnchill::member::{Event, Member, MemberConfig, Phase};
 use torrentnchill::orch::{Checksum, Orchestra};
 use torrentnchill::sync::Mutex;
+use torrentnchill::wire::{have_map_len, Hello, LineReader, PeerId, PeerMessage};
 
 const LIMIT: Duration = Duration::from_secs(30);
 const PART: u64 = 16 << 10;
@@ -365,4 +367,85 @@ fn requests_in_flight_follow_the_round_trip() {
     member.quit(LIMIT);
     drop(link);
     conductor.shutdown();
+}
+
+/// A seeder spreading every part once refuses a second copy of a part while another part has
+/// not gone out yet, and offers the refused part again (`HAVE`) as soon as every part has gone
+/// out once. Without the offer, the asker would only ask again after the seeder next said
+/// something (a ping, seconds later), and the last member of a swarm waited that long for its
+/// last part.
+#[test]
+fn a_part_refused_while_spreading_is_offered_again_once_every_part_went_out() {
+    let _one = ONE_AT_A_TIME.lock();
+    let conductor = start_conductor();
+    let (orch, data) = swarm_file(4, conductor.local_addr(), 11);
+    let storage = MemoryStorageFactory::with_bytes(Arc::clone(&data));
+    let mut config = member_config(&storage);
+    // No ping during the test: every line the seeder sends is one it had a reason to send.
+    config.peer_timeout = Duration::from_secs(60);
+    let (seeder, _events) = Member::start(orch.clone(), config, &|_| {}).unwrap();
+
+    let stream = TcpStream::connect(seeder.local_addr()).unwrap();
+    stream.set_read_timeout(Some(LIMIT)).unwrap();
+    let mut out = stream.try_clone().unwrap();
+    let parts = orch.part_count();
+    let part_len = |i: u32| orch.part_len(i);
+    let hello = Hello {
+        swarm: orch.swarm_id(),
+        peer_id: PeerId::random(),
+        listen_port: 0,
+    };
+    out.write_all(hello.to_line().as_bytes()).unwrap();
+    let mut reader = LineReader::new(BufReader::new(stream));
+    Hello::parse(reader.read_line().unwrap()).unwrap();
+    let message = |reader: &mut LineReader<BufReader<TcpStream>>| {
+        let line = reader.read_line().unwrap().to_string();
+        PeerMessage::parse(&line, parts, part_len).unwrap()
+    };
+    match message(&mut reader) {
+        PeerMessage::HaveMap { bytes } => reader.read_payload(&mut vec![0; bytes]).unwrap(),
+        other => panic!("expected the seeder's have-map first, got {other:?}"),
+    }
+    let empty_map = vec![0u8; have_map_len(parts)];
+    let header = PeerMessage::HaveMap {
+        bytes: empty_map.len(),
+    };
+    out.write_all(header.to_line().as_bytes()).unwrap();
+    out.write_all(&empty_map).unwrap();
+
+    // Part 0 twice: the second copy waits while parts 1 to 3 have not gone out.
+    for index in [0, 0] {
+        out.write_all(PeerMessage::Request(index).to_line().as_bytes())
+            .unwrap();
+    }
+    let mut pieces = Vec::new();
+    let mut rejected = Vec::new();
+    let mut offered = Vec::new();
+    let deadline = Instant::now() + LIMIT;
+    while offered.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no HAVE 0 within {LIMIT:?}: pieces {pieces:?}, rejected {rejected:?}"
+        );
+        match message(&mut reader) {
+            PeerMessage::Piece { index, len } => {
+                reader.read_payload(&mut vec![0; len]).unwrap();
+                pieces.push(index);
+                if pieces == [0] {
+                    for index in 1..parts {
+                        out.write_all(PeerMessage::Request(index).to_line().as_bytes())
+                            .unwrap();
+                    }
+                }
+            }
+            PeerMessage::Reject(index) => rejected.push(index),
+            PeerMessage::Have(index) => offered.push(index),
+            PeerMessage::Pex(_) | PeerMessage::Ping => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(rejected, [0], "the second copy of part 0 was held back");
+    assert_eq!(offered, [0], "and offered again");
+    assert_eq!(pieces, [0, 1, 2, 3], "after every part went out once");
+    seeder.quit(LIMIT);
 }

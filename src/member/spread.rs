@@ -56,16 +56,20 @@ impl Spread {
         true
     }
 
-    /// A copy of `index` went out whole.
-    pub fn sent(&self, index: u32) {
+    /// A copy of `index` went out whole. True for the call after which every part has gone out
+    /// once: from then on everything is served, and the parts refused so far may be offered
+    /// again to those who asked (see `peer::offer_held_back`).
+    pub fn sent(&self, index: u32) -> bool {
         let mut counts = self.counts.lock();
         let Some(&sent) = counts.sent.get(index as usize) else {
-            return;
+            return false;
         };
+        counts.sent[index as usize] = sent.saturating_add(1);
         if sent == 0 {
             counts.never_sent -= 1;
+            return counts.never_sent == 0;
         }
-        counts.sent[index as usize] = sent.saturating_add(1);
+        false
     }
 
     /// Copies of `index` sent so far.
@@ -102,7 +106,13 @@ mod tests {
             !spread.admit(1),
             "every part queued once, but not all sent yet"
         );
-        (0..3).for_each(|i| spread.sent(i));
+        assert!(
+            !spread.sent(0) && !spread.sent(0),
+            "1 and 2 still to go out"
+        );
+        assert!(!spread.sent(2));
+        assert!(spread.sent(1), "the last part to go out once says so");
+        assert!(!spread.sent(1), "and only once");
         assert!(spread.admit(1), "everything went out once: serve freely");
         assert!(!spread.admit(3), "out of range");
     }

@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Result};
 
+use super::bitfield::Bitfield;
 use super::requests::Requests;
 use super::shared::{OnPanic, Shared};
 use super::Event;
@@ -50,6 +51,11 @@ pub struct PeerLink {
     outbox: Outbox,
     requests: Mutex<Requests>,
     complete: AtomicBool,
+    /// Parts refused to this peer while we spread every part once: offered again (`HAVE`) when
+    /// every part has gone out once. Without that, a peer that rejected-and-waits only asks
+    /// again when we next say something, up to a ping interval later, and the last member of a
+    /// swarm could wait that long for its last part.
+    held_back: Mutex<Bitfield>,
 }
 
 impl PeerLink {
@@ -133,6 +139,7 @@ pub fn serve(
         outbox: Outbox::default(),
         requests: Mutex::default(),
         complete: AtomicBool::new(false),
+        held_back: Mutex::new(Bitfield::new(shared.orch.part_count())),
     });
     let mut registered = {
         // The have-map must be the first message: snapshotting it under the picker lock and
@@ -249,6 +256,18 @@ struct CloseOnDrop<'a> {
 impl Drop for CloseOnDrop<'_> {
     fn drop(&mut self) {
         self.link.close(self.shared);
+    }
+}
+
+/// Every part has gone out once: offers each peer the parts it was refused meanwhile.
+pub fn offer_held_back(shared: &Shared) {
+    let peers: Vec<Arc<PeerLink>> = shared.peers.lock().values().cloned().collect();
+    for link in peers {
+        let parts = shared.orch.part_count();
+        let held_back = std::mem::replace(&mut *link.held_back.lock(), Bitfield::new(parts));
+        for index in held_back.ones() {
+            link.send(PeerMessage::Have(index));
+        }
     }
 }
 

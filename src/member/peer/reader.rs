@@ -164,8 +164,12 @@ impl<'a> Conversation<'a> {
         // Only a member that had the file from the start spreads: it is the one source of the
         // parts nobody else has yet. A member that finished later serves freely.
         let seeding = self.shared.origin && self.shared.is_seeding();
-        let refuse = self.shared.is_draining() || (seeding && !self.shared.spread.admit(index));
-        if !have || refuse {
+        let draining = self.shared.is_draining();
+        let held_back = have && !draining && seeding && !self.shared.spread.admit(index);
+        if held_back {
+            self.link.held_back.lock().set(index);
+        }
+        if !have || draining || held_back {
             if !self.link.outbox.push_reject(index) {
                 return Err(
                     self.misbehaved(format!("more than {MAX_QUEUED_UPLOADS} requests queued"))

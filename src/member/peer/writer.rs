@@ -60,7 +60,9 @@ pub fn write_loop(shared: &Shared, link: &PeerLink, stream: TcpStream) -> Result
                     }
                     return Err(e);
                 }
-                shared.spread.sent(index);
+                if shared.spread.sent(index) {
+                    super::offer_held_back(shared);
+                }
                 shared
                     .counters
                     .bytes_up
