@@ -352,7 +352,7 @@ const WIRE_MTU: usize = 1500;
 /// (0 for a packet that is not cut).
 fn wire_bytes(packet: &[u8], gso_size: usize) -> usize {
     let len = packet.len();
-    if gso_size == 0 || len <= WIRE_MTU || packet.len() < 20 {
+    if gso_size == 0 || len <= WIRE_MTU || len < 20 {
         return len;
     }
     let ip_header = usize::from(packet[0] & 0x0f) * 4;

@@ -109,12 +109,15 @@ pub fn run(
     report.started(&member, &at_start);
     let mut meter = Meter::default();
     let mut announced_sharing = false;
+    let on_event = |event: Event, clock: &mut Clock, report: &mut dyn Report| {
+        if event == Event::Complete {
+            clock.finished(Instant::now());
+        }
+        report.event(&event, &member, clock);
+    };
     let follow_events = |clock: &mut Clock, report: &mut dyn Report| {
         for event in events.try_iter() {
-            if event == Event::Complete {
-                clock.finished(Instant::now());
-            }
-            report.event(&event, &member, clock);
+            on_event(event, clock, report);
         }
     };
     let mut next_turn = Instant::now();
@@ -156,12 +159,7 @@ pub fn run(
         // would add up to a turn to every run. A request to quit is seen within a turn.
         let left = next_turn.saturating_duration_since(Instant::now());
         match events.recv_timeout(left) {
-            Ok(event) => {
-                if event == Event::Complete {
-                    clock.finished(Instant::now());
-                }
-                report.event(&event, &member, &clock);
-            }
+            Ok(event) => on_event(event, &mut clock, report),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
                 if quit.wait(left) {

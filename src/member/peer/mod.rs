@@ -262,8 +262,8 @@ impl Drop for CloseOnDrop<'_> {
 /// Every part has gone out once: offers each peer the parts it was refused meanwhile.
 pub fn offer_held_back(shared: &Shared) {
     let peers: Vec<Arc<PeerLink>> = shared.peers.lock().values().cloned().collect();
+    let parts = shared.orch.part_count();
     for link in peers {
-        let parts = shared.orch.part_count();
         let held_back = std::mem::replace(&mut *link.held_back.lock(), Bitfield::new(parts));
         for index in held_back.ones() {
             link.send(PeerMessage::Have(index));
