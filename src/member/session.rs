@@ -3,7 +3,7 @@
 //! swarm, and account for the run. What is shown, and how, is a [`Report`]'s business, so the
 //! same loop serves the terminal, `--json` and tests.
 
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,7 @@ use crate::cli::exit::{self, Failure};
 use crate::cli::keys::{self, Key, KeyReader};
 use crate::sync::{Condvar, Mutex};
 
-/// How often the loop samples the meter and reports progress (events wake it in between).
+/// How often the loop looks at the member's status when nothing wakes it.
 const POLL: Duration = Duration::from_millis(100);
 /// With `exit_when_done`: how long peers in the middle of receiving a part from us may take to
 /// finish it.
@@ -109,30 +109,23 @@ pub fn run(
     report.started(&member, &at_start);
     let mut meter = Meter::default();
     let mut announced_sharing = false;
-    let on_event = |event: Event, clock: &mut Clock, report: &mut dyn Report| {
-        if event == Event::Complete {
-            clock.finished(Instant::now());
-        }
-        report.event(&event, &member, clock);
-    };
     let follow_events = |clock: &mut Clock, report: &mut dyn Report| {
         for event in events.try_iter() {
-            on_event(event, clock, report);
+            if event == Event::Complete {
+                clock.finished(Instant::now());
+            }
+            report.event(&event, &member, clock);
         }
     };
-    let mut next_turn = Instant::now();
     let outcome = loop {
         follow_events(&mut clock, report);
         let status = member.status();
         let now = Instant::now();
-        if now >= next_turn {
-            meter.sample(now, &status);
-            report.progress(&status, &meter, member.elapsed());
-            next_turn = now + POLL;
-        }
+        meter.sample(now, &status);
         if status.phase == Phase::Sharing {
             clock.finished(now);
         }
+        report.progress(&status, &meter, member.elapsed());
         match status.phase {
             Phase::Failed => {
                 break Err(member.failure().unwrap_or_else(|| {
@@ -152,20 +145,8 @@ pub fn run(
             }
             _ => {}
         }
-        if quit.is_requested() {
+        if quit.is_requested() || quit.wait(POLL) {
             break Ok(());
-        }
-        // An event (the file complete, a failure) wakes the loop at once: waiting out the turn
-        // would add up to a turn to every run. A request to quit is seen within a turn.
-        let left = next_turn.saturating_duration_since(Instant::now());
-        match events.recv_timeout(left) {
-            Ok(event) => on_event(event, &mut clock, report),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {
-                if quit.wait(left) {
-                    break Ok(());
-                }
-            }
         }
     };
     member.quit(LEAVE_TIMEOUT);
