@@ -374,50 +374,79 @@ fn requests_in_flight_follow_the_round_trip() {
 /// out once. Without the offer, the asker would only ask again after the seeder next said
 /// something (a ping, seconds later), and the last member of a swarm waited that long for its
 /// last part.
+/// A seeder spreading every part once (an origin seeder, a 60 s peer timeout so that it pings
+/// no one during a test), and a raw connection to it that has said HELLO and an empty have-map.
+struct SpreadingSeeder {
+    seeder: Member,
+    orch: Orchestra,
+    reader: LineReader<BufReader<TcpStream>>,
+    out: TcpStream,
+}
+
+impl SpreadingSeeder {
+    fn start(parts: u32) -> (SpreadingSeeder, Conductor) {
+        let conductor = start_conductor();
+        let (orch, data) = swarm_file(parts.into(), conductor.local_addr(), 11);
+        let storage = MemoryStorageFactory::with_bytes(Arc::clone(&data));
+        let mut config = member_config(&storage);
+        // No ping during the test: every line the seeder sends is one it had a reason to send.
+        config.peer_timeout = Duration::from_secs(60);
+        let (seeder, _events) = Member::start(orch.clone(), config, &|_| {}).unwrap();
+
+        let stream = TcpStream::connect(seeder.local_addr()).unwrap();
+        stream.set_read_timeout(Some(LIMIT)).unwrap();
+        let mut out = stream.try_clone().unwrap();
+        let hello = Hello {
+            swarm: orch.swarm_id(),
+            peer_id: PeerId::random(),
+            listen_port: 0,
+        };
+        out.write_all(hello.to_line().as_bytes()).unwrap();
+        let mut reader = LineReader::new(BufReader::new(stream));
+        Hello::parse(reader.read_line().unwrap()).unwrap();
+        let mut session = SpreadingSeeder {
+            seeder,
+            orch,
+            reader,
+            out,
+        };
+        match session.message() {
+            PeerMessage::HaveMap { bytes } => {
+                session.reader.read_payload(&mut vec![0; bytes]).unwrap()
+            }
+            other => panic!("expected the seeder's have-map first, got {other:?}"),
+        }
+        let empty_map = vec![0u8; have_map_len(parts)];
+        let header = PeerMessage::HaveMap {
+            bytes: empty_map.len(),
+        };
+        session.out.write_all(header.to_line().as_bytes()).unwrap();
+        session.out.write_all(&empty_map).unwrap();
+        (session, conductor)
+    }
+
+    fn message(&mut self) -> PeerMessage {
+        let line = self.reader.read_line().unwrap().to_string();
+        let orch = &self.orch;
+        PeerMessage::parse(&line, orch.part_count(), |i| orch.part_len(i)).unwrap()
+    }
+
+    fn request(&mut self, index: u32) {
+        self.out
+            .write_all(PeerMessage::Request(index).to_line().as_bytes())
+            .unwrap();
+    }
+}
+
 #[test]
 fn a_part_refused_while_spreading_is_offered_again_once_every_part_went_out() {
     let _one = ONE_AT_A_TIME.lock();
-    let conductor = start_conductor();
-    let (orch, data) = swarm_file(4, conductor.local_addr(), 11);
-    let storage = MemoryStorageFactory::with_bytes(Arc::clone(&data));
-    let mut config = member_config(&storage);
-    // No ping during the test: every line the seeder sends is one it had a reason to send.
-    config.peer_timeout = Duration::from_secs(60);
-    let (seeder, _events) = Member::start(orch.clone(), config, &|_| {}).unwrap();
-
-    let stream = TcpStream::connect(seeder.local_addr()).unwrap();
-    stream.set_read_timeout(Some(LIMIT)).unwrap();
-    let mut out = stream.try_clone().unwrap();
-    let parts = orch.part_count();
-    let part_len = |i: u32| orch.part_len(i);
-    let hello = Hello {
-        swarm: orch.swarm_id(),
-        peer_id: PeerId::random(),
-        listen_port: 0,
-    };
-    out.write_all(hello.to_line().as_bytes()).unwrap();
-    let mut reader = LineReader::new(BufReader::new(stream));
-    Hello::parse(reader.read_line().unwrap()).unwrap();
-    let message = |reader: &mut LineReader<BufReader<TcpStream>>| {
-        let line = reader.read_line().unwrap().to_string();
-        PeerMessage::parse(&line, parts, part_len).unwrap()
-    };
-    match message(&mut reader) {
-        PeerMessage::HaveMap { bytes } => reader.read_payload(&mut vec![0; bytes]).unwrap(),
-        other => panic!("expected the seeder's have-map first, got {other:?}"),
-    }
-    let empty_map = vec![0u8; have_map_len(parts)];
-    let header = PeerMessage::HaveMap {
-        bytes: empty_map.len(),
-    };
-    out.write_all(header.to_line().as_bytes()).unwrap();
-    out.write_all(&empty_map).unwrap();
+    let (mut session, _conductor) = SpreadingSeeder::start(4);
+    let parts = session.orch.part_count();
 
     // Part 0 twice: the second copy waits while parts 1 to 3 have not gone out.
-    for index in [0, 0] {
-        out.write_all(PeerMessage::Request(index).to_line().as_bytes())
-            .unwrap();
-    }
+    session.request(0);
+    session.request(0);
     let mut pieces = Vec::new();
     let mut rejected = Vec::new();
     let mut offered = Vec::new();
@@ -427,14 +456,13 @@ fn a_part_refused_while_spreading_is_offered_again_once_every_part_went_out() {
             Instant::now() < deadline,
             "no HAVE 0 within {LIMIT:?}: pieces {pieces:?}, rejected {rejected:?}"
         );
-        match message(&mut reader) {
+        match session.message() {
             PeerMessage::Piece { index, len } => {
-                reader.read_payload(&mut vec![0; len]).unwrap();
+                session.reader.read_payload(&mut vec![0; len]).unwrap();
                 pieces.push(index);
                 if pieces == [0] {
                     for index in 1..parts {
-                        out.write_all(PeerMessage::Request(index).to_line().as_bytes())
-                            .unwrap();
+                        session.request(index);
                     }
                 }
             }
@@ -447,5 +475,38 @@ fn a_part_refused_while_spreading_is_offered_again_once_every_part_went_out() {
     assert_eq!(rejected, [0], "the second copy of part 0 was held back");
     assert_eq!(offered, [0], "and offered again");
     assert_eq!(pieces, [0, 1, 2, 3], "after every part went out once");
-    seeder.quit(LIMIT);
+    session.seeder.quit(LIMIT);
+}
+
+/// A peer refused a second copy while the seeder spreads, which asks for it again, found no
+/// other source: it is served although other parts never went out. Without this, a seeder whose
+/// remaining parts a second seeder delivered, or whose only copy went to a member that has left,
+/// held the part back for ever, and the asker never finished.
+#[test]
+fn a_part_asked_again_after_a_refusal_is_served_while_spreading() {
+    let _one = ONE_AT_A_TIME.lock();
+    let (mut session, _conductor) = SpreadingSeeder::start(3);
+    session.request(0);
+    session.request(0);
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + LIMIT;
+    while seen.len() < 3 {
+        assert!(Instant::now() < deadline, "only {seen:?} within {LIMIT:?}");
+        match session.message() {
+            PeerMessage::Piece { index, len } => {
+                session.reader.read_payload(&mut vec![0; len]).unwrap();
+                seen.push(format!("piece {index}"));
+            }
+            PeerMessage::Reject(index) => {
+                seen.push(format!("reject {index}"));
+                session.request(index);
+            }
+            PeerMessage::Pex(_) | PeerMessage::Ping => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // Control lines go out before parts, so the refusal may come before the first copy.
+    seen.sort();
+    assert_eq!(seen, ["piece 0", "piece 0", "reject 0"]);
+    session.seeder.quit(LIMIT);
 }

@@ -6,7 +6,8 @@
 //! carries duplicates. A member that had the whole file from the start therefore refuses
 //! (`REJECT`) a part it has already served while some part has not yet been sent whole once;
 //! the asker picks another part and gets this one from the member that already has it. Once
-//! every part has gone out once, it serves everything. A part counts from the moment it is
+//! every part has gone out once, it serves everything; before that, a peer that asks again for
+//! a part it was refused is served (it found no other source). A part counts from the moment it is
 //! queued; one cancelled or lost with its connection is withdrawn, so a part that never reached
 //! anyone is not held back. Each connection sends the queued part with the fewest copies out
 //! first. Members that finish later serve freely: they are not the only source of anything.
@@ -38,15 +39,18 @@ impl Spread {
         }
     }
 
-    /// Whether to serve `index` now; counts it as served if so.
-    pub fn admit(&self, index: u32) -> bool {
+    /// Whether to serve `index` now; counts it as served if so. `insist`: the asker was refused
+    /// this part before and asks again, so it found no other source meanwhile (the parts another
+    /// seeder sent may never be asked of this one, so "every part once" may never come, and the
+    /// member that had a copy from us may have left): serve it.
+    pub fn admit(&self, index: u32, insist: bool) -> bool {
         let mut counts = self.counts.lock();
         let Some(&served) = counts.served.get(index as usize) else {
             return false;
         };
         // A second copy waits until every part has been sent whole once, not merely queued:
         // first copies still queued behind slow connections must not lose the uplink to it.
-        if served > 0 && (counts.never_served > 0 || counts.never_sent > 0) {
+        if served > 0 && !insist && (counts.never_served > 0 || counts.never_sent > 0) {
             return false;
         }
         if served == 0 {
@@ -98,12 +102,15 @@ mod tests {
     #[test]
     fn every_part_once_before_any_twice() {
         let spread = Spread::new(3);
-        assert!(spread.admit(1));
-        assert!(!spread.admit(1), "1 again while 0 and 2 never went out");
-        assert!(spread.admit(0));
-        assert!(spread.admit(2));
+        assert!(spread.admit(1, false));
         assert!(
-            !spread.admit(1),
+            !spread.admit(1, false),
+            "1 again while 0 and 2 never went out"
+        );
+        assert!(spread.admit(0, false));
+        assert!(spread.admit(2, false));
+        assert!(
+            !spread.admit(1, false),
             "every part queued once, but not all sent yet"
         );
         assert!(
@@ -113,19 +120,25 @@ mod tests {
         assert!(!spread.sent(2));
         assert!(spread.sent(1), "the last part to go out once says so");
         assert!(!spread.sent(1), "and only once");
-        assert!(spread.admit(1), "everything went out once: serve freely");
-        assert!(!spread.admit(3), "out of range");
+        assert!(
+            spread.admit(1, false),
+            "everything went out once: serve freely"
+        );
+        assert!(!spread.admit(3, false), "out of range");
     }
 
     #[test]
     fn a_withdrawn_part_counts_as_never_served() {
         let spread = Spread::new(2);
-        assert!(spread.admit(0));
+        assert!(spread.admit(0, false));
         spread.withdraw(0);
-        assert!(spread.admit(1));
-        assert!(spread.admit(0), "0 never left: it is served again");
+        assert!(spread.admit(1, false));
+        assert!(spread.admit(0, false), "0 never left: it is served again");
         spread.sent(0);
         spread.sent(1);
-        assert!(spread.admit(0), "every part went out once: serve freely");
+        assert!(
+            spread.admit(0, false),
+            "every part went out once: serve freely"
+        );
     }
 }

@@ -165,10 +165,17 @@ impl<'a> Conversation<'a> {
         // parts nobody else has yet. A member that finished later serves freely.
         let seeding = self.shared.origin && self.shared.is_seeding();
         let draining = self.shared.is_draining();
-        let held_back = have && !draining && seeding && !self.shared.spread.admit(index);
-        if held_back {
-            self.link.held_back.lock().set(index);
-        }
+        let held_back = have && !draining && seeding && {
+            let mut held = self.link.held_back.lock();
+            let insist = held.get(index);
+            let admitted = self.shared.spread.admit(index, insist);
+            if admitted {
+                held.clear(index);
+            } else {
+                held.set(index);
+            }
+            !admitted
+        };
         if !have || draining || held_back {
             if !self.link.outbox.push_reject(index) {
                 return Err(
