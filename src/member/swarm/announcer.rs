@@ -1,44 +1,64 @@
-//! Announcing to the conductor: at the interval it asks for (with jitter), with backoff while
-//! it is away, and a `LEAVE` on the way out. Peers already known keep working meanwhile.
+//! Announcing to the conductors: one loop per conductor, each at the interval its conductor
+//! asks for (with jitter), and a `LEAVE` to every one of them on the way out. What they return
+//! goes into one address book, so the peers of all of them are merged, and a conductor that is
+//! down costs nothing but its own loop's retries: peers already known, and the other
+//! conductors, keep working meanwhile.
+//!
+//! Why the loop watches its conductor between announces: the conductor keeps only soft state,
+//! so one that restarted knows nobody until each member's next regular announce (30 s by
+//! default), and a newcomer that asks it in the meantime hears of nobody. So
+//! - a failed announce is retried soon, 0.5 s doubling to 2 s, not after the full interval;
+//! - between announces, a connect probe every second (a TCP handshake, closed at once with a
+//!   reset: on Linux the conductor's deferred accept never even wakes for it) notices the
+//!   conductor go away, and the first probe that connects again after that re-announces at
+//!   once, so a restarted conductor hears from every live member within about a second;
+//! - a member still fetching that has no peer connected re-announces every second, so that it
+//!   hears of the members the conductor learns about in the meantime.
+//!
+//! Every wait is on the member's shutdown signal, and every connection attempt is cancelled
+//! by it, so `Member::quit` never waits for a conductor.
 
-use std::time::Duration;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::{Duration, Instant};
 
 use crate::conductor;
 use crate::member::shared::Shared;
-use crate::member::Event;
+use crate::member::{Event, Phase};
 
 /// How long one exchange with the conductor may take.
 const CONDUCTOR_TIMEOUT: Duration = Duration::from_secs(5);
 /// Shortest re-announce interval we accept from a conductor.
 const MIN_ANNOUNCE_INTERVAL: Duration = Duration::from_millis(100);
+/// The first retry after a failed announce, doubling up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 /// Longest wait between attempts while the conductor is unreachable.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How often the conductor is probed between announces, and how long a probe may take; a
+/// member still fetching with no peer connected announces this often instead.
+const PROBE_PERIOD: Duration = Duration::from_secs(1);
 
-pub fn announce_loop(shared: &Shared) {
-    let mut backoff = Duration::from_secs(1);
+/// Announces to `conductor` until the member shuts down.
+pub fn announce_loop(shared: &Shared, conductor: &str) {
+    let mut backoff = FIRST_BACKOFF;
     loop {
-        let stopping = || shared.is_shutting_down();
-        let wait = match conductor::announce_unless(
-            &shared.orch.conductor,
-            shared.swarm,
-            shared.peer_id,
-            shared.listen_port,
-            CONDUCTOR_TIMEOUT,
-            &stopping,
-        ) {
+        let (wait, reachable) = match announce(shared, conductor) {
             Ok((interval, peers)) => {
-                backoff = Duration::from_secs(1);
+                backoff = FIRST_BACKOFF;
                 log::debug!(
-                    "conductor: {} peers, next announce in {interval:?}",
+                    "conductor {conductor}: {} peers, next announce in {interval:?}",
                     peers.len()
                 );
-                shared.emit(Event::ConductorOk { peers: peers.len() });
+                shared.emit(Event::ConductorOk {
+                    conductor: conductor.to_string(),
+                    peers: peers.len(),
+                });
                 shared.book.learn(peers.into_iter());
                 // Jitter spreads the announces of members that started together; the floor
                 // keeps a broken conductor from making us announce in a tight loop.
-                interval
+                let wait = interval
                     .max(MIN_ANNOUNCE_INTERVAL)
-                    .mul_f64(0.75 + 0.25 * fastrand::f64())
+                    .mul_f64(0.75 + 0.25 * fastrand::f64());
+                (wait, true)
             }
             Err(_) if shared.is_shutting_down() => return,
             Err(e) => {
@@ -46,29 +66,104 @@ pub fn announce_loop(shared: &Shared) {
                 // The error names the conductor already.
                 log::warn!("{error}; retrying in {backoff:?}");
                 shared.emit(Event::ConductorUnreachable {
+                    conductor: conductor.to_string(),
                     error,
                     retry_in: backoff,
                 });
                 let wait = backoff;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
-                wait
+                (wait, false)
             }
         };
-        if shared.wait_for_shutdown(wait) {
+        if !watch(shared, conductor, Instant::now() + wait, reachable) {
             return;
         }
     }
 }
 
-/// Tells the conductor we are leaving, waiting at most `timeout`.
-pub fn leave(shared: &Shared, timeout: Duration) {
-    if let Err(e) = conductor::leave(
-        &shared.orch.conductor,
+/// The one announce call, so that the request it sends is made in one place.
+fn announce(shared: &Shared, conductor: &str) -> anyhow::Result<(Duration, Vec<SocketAddr>)> {
+    let stopping = || shared.is_shutting_down();
+    conductor::announce_unless(
+        conductor,
         shared.swarm,
         shared.peer_id,
         shared.listen_port,
-        timeout,
-    ) {
-        log::debug!("could not tell the conductor we are leaving: {e:#}");
+        CONDUCTOR_TIMEOUT,
+        &stopping,
+    )
+}
+
+/// Waits until `until`, probing the conductor every [`PROBE_PERIOD`]; returns early (true)
+/// when it should be asked again at once: it answers a probe after being unreachable, or the
+/// member is lonely (then it asks every period instead of probing). False once the member
+/// shuts down.
+fn watch(shared: &Shared, conductor: &str, until: Instant, mut reachable: bool) -> bool {
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if shared.wait_for_shutdown(left.min(PROBE_PERIOD)) {
+            return false;
+        }
+        if Instant::now() >= until || lonely(shared) {
+            return true;
+        }
+        let up = probe(shared, conductor);
+        if up && !reachable {
+            log::info!("conductor {conductor} answers again; announcing");
+            return true;
+        }
+        if !up && reachable {
+            log::info!("conductor {conductor} stopped answering; announcing once it is back");
+        }
+        reachable = up;
     }
+}
+
+/// Still fetching, and no peer connected: the conductor may know of one any moment.
+fn lonely(shared: &Shared) -> bool {
+    shared.phase() == Phase::Fetching && shared.peers.lock().is_empty()
+}
+
+/// Whether a TCP connection to the conductor opens within [`PROBE_PERIOD`].
+fn probe(shared: &Shared, conductor: &str) -> bool {
+    let stopping = || shared.is_shutting_down();
+    let Ok(addrs) = conductor.to_socket_addrs() else {
+        return false;
+    };
+    addrs.into_iter().any(|addr| {
+        match crate::net::connect(addr, PROBE_PERIOD, &stopping) {
+            Ok(stream) => {
+                // A reset rather than a FIN: the conductor's kernel drops the connection
+                // before anything above it sees it.
+                let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                true
+            }
+            Err(_) => false,
+        }
+    })
+}
+
+/// Tells every conductor we are leaving, all at once, waiting at most `timeout`.
+pub fn leave(shared: &Shared, timeout: Duration) {
+    std::thread::scope(|scope| {
+        for conductor in &shared.conductors {
+            let leave = move || {
+                if let Err(e) = conductor::leave(
+                    conductor,
+                    shared.swarm,
+                    shared.peer_id,
+                    shared.listen_port,
+                    timeout,
+                ) {
+                    log::debug!("could not tell conductor {conductor} we are leaving: {e:#}");
+                }
+            };
+            if let Err(e) = std::thread::Builder::new()
+                .name("leave".into())
+                .spawn_scoped(scope, leave)
+            {
+                log::debug!("conductor {conductor} not told we are leaving: no thread ({e})");
+            }
+        }
+    });
 }
