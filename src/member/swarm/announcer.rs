@@ -10,8 +10,10 @@
 //! - a failed announce is retried soon, 0.5 s doubling to 2 s, not after the full interval;
 //! - between announces, a connect probe every second (a TCP handshake, closed at once with a
 //!   reset: on Linux the conductor's deferred accept never even wakes for it) notices the
-//!   conductor go away, and the first probe that connects again after that re-announces at
-//!   once, so a restarted conductor hears from every live member within about a second;
+//!   conductor go away (a warning and a `ConductorUnreachable` event), and the first probe
+//!   that connects again after that re-announces at once, so a restarted conductor hears from
+//!   every live member within about a second of coming back, if it was away for longer than a
+//!   probe period (a quicker restart goes unnoticed: that is what `--state` is for);
 //! - a member still fetching that has no peer connected re-announces every second, so that it
 //!   hears of the members the conductor learns about in the meantime.
 //!
@@ -107,15 +109,23 @@ fn watch(shared: &Shared, conductor: &str, until: Instant, mut reachable: bool) 
         if Instant::now() >= until || lonely(shared) {
             return true;
         }
-        let up = probe(shared, conductor);
-        if up && !reachable {
-            log::info!("conductor {conductor} answers again; announcing");
-            return true;
+        match probe(shared, conductor) {
+            Ok(()) if !reachable => {
+                log::info!("conductor {conductor} answers again; announcing");
+                return true;
+            }
+            Ok(()) => {}
+            Err(error) if reachable => {
+                reachable = false;
+                log::warn!("{error}; announcing again once it answers");
+                shared.emit(Event::ConductorUnreachable {
+                    conductor: conductor.to_string(),
+                    error,
+                    retry_in: PROBE_PERIOD,
+                });
+            }
+            Err(_) => {}
         }
-        if !up && reachable {
-            log::info!("conductor {conductor} stopped answering; announcing once it is back");
-        }
-        reachable = up;
     }
 }
 
@@ -124,23 +134,25 @@ fn lonely(shared: &Shared) -> bool {
     shared.phase() == Phase::Fetching && shared.peers.lock().is_empty()
 }
 
-/// Whether a TCP connection to the conductor opens within [`PROBE_PERIOD`].
-fn probe(shared: &Shared, conductor: &str) -> bool {
+/// Whether a TCP connection to the conductor opens within [`PROBE_PERIOD`]; if not, why.
+fn probe(shared: &Shared, conductor: &str) -> Result<(), String> {
     let stopping = || shared.is_shutting_down();
-    let Ok(addrs) = conductor.to_socket_addrs() else {
-        return false;
-    };
-    addrs.into_iter().any(|addr| {
+    let addrs = conductor
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve conductor {conductor}: {e}"))?;
+    let mut failure = format!("conductor {conductor}: the name resolves to no address");
+    for addr in addrs {
         match crate::net::connect(addr, PROBE_PERIOD, &stopping) {
             Ok(stream) => {
                 // A reset rather than a FIN: the conductor's kernel drops the connection
                 // before anything above it sees it.
                 let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
-                true
+                return Ok(());
             }
-            Err(_) => false,
+            Err(e) => failure = format!("conductor {conductor}: cannot connect: {e}"),
         }
-    })
+    }
+    Err(failure)
 }
 
 /// Tells every conductor we are leaving, all at once, waiting at most `timeout`.
