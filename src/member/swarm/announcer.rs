@@ -7,7 +7,8 @@
 //! Why the loop watches its conductor between announces: the conductor keeps only soft state,
 //! so one that restarted knows nobody until each member's next regular announce (30 s by
 //! default), and a newcomer that asks it in the meantime hears of nobody. So
-//! - a failed announce is retried soon, 0.5 s doubling to 2 s, not after the full interval;
+//! - a failed announce is retried soon, 0.5 s doubling to 2 s, not after the full interval
+//!   (the first three failures of an outage are reported, then one in fifteen);
 //! - between announces, a connect probe every second (a TCP handshake, closed at once with a
 //!   reset: on Linux the conductor's deferred accept never even wakes for it) notices the
 //!   conductor go away (a warning and a `ConductorUnreachable` event), and the first probe
@@ -35,6 +36,10 @@ const MIN_ANNOUNCE_INTERVAL: Duration = Duration::from_millis(100);
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 /// Longest wait between attempts while the conductor is unreachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Failed announces in a row reported (a warning and an event) at the start of an outage;
+/// after them, one in [`REPORT_EVERY`] (about every 30 s at [`MAX_BACKOFF`]).
+const REPORTED_FAILURES: u32 = 3;
+const REPORT_EVERY: u32 = 15;
 /// How often the conductor is probed between announces, and how long a probe may take; a
 /// member still fetching with no peer connected announces this often instead.
 const PROBE_PERIOD: Duration = Duration::from_secs(1);
@@ -42,10 +47,14 @@ const PROBE_PERIOD: Duration = Duration::from_secs(1);
 /// Announces to `conductor` until the member shuts down.
 pub fn announce_loop(shared: &Shared, conductor: &str) {
     let mut backoff = FIRST_BACKOFF;
+    // Announces failed in a row: the first few of an outage are reported, then only now and
+    // then, so that a conductor gone for good is not a warning every two seconds.
+    let mut failures = 0u32;
     loop {
-        let (wait, reachable) = match announce(shared, conductor) {
+        let (wait, answered) = match announce(shared, conductor) {
             Ok((interval, peers)) => {
                 backoff = FIRST_BACKOFF;
+                failures = 0;
                 log::debug!(
                     "conductor {conductor}: {} peers, next announce in {interval:?}",
                     peers.len()
@@ -64,20 +73,25 @@ pub fn announce_loop(shared: &Shared, conductor: &str) {
             }
             Err(_) if shared.is_shutting_down() => return,
             Err(e) => {
+                failures = failures.saturating_add(1);
                 let error = format!("{e:#}");
-                // The error names the conductor already.
-                log::warn!("{error}; retrying in {backoff:?}");
-                shared.emit(Event::ConductorUnreachable {
-                    conductor: conductor.to_string(),
-                    error,
-                    retry_in: backoff,
-                });
+                if failures <= REPORTED_FAILURES || failures.is_multiple_of(REPORT_EVERY) {
+                    // The error names the conductor already.
+                    log::warn!("{error}; retrying in {backoff:?}");
+                    shared.emit(Event::ConductorUnreachable {
+                        conductor: conductor.to_string(),
+                        error,
+                        retry_in: backoff,
+                    });
+                } else {
+                    log::debug!("{error}; retrying in {backoff:?}");
+                }
                 let wait = backoff;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 (wait, false)
             }
         };
-        if !watch(shared, conductor, Instant::now() + wait, reachable) {
+        if !watch(shared, conductor, Instant::now() + wait, answered) {
             return;
         }
     }
@@ -97,32 +111,39 @@ fn announce(shared: &Shared, conductor: &str) -> anyhow::Result<(Duration, Vec<S
 }
 
 /// Waits until `until`, probing the conductor every [`PROBE_PERIOD`]; returns early (true)
-/// when it should be asked again at once: it answers a probe after being unreachable, or the
-/// member is lonely (then it asks every period instead of probing). False once the member
-/// shuts down.
-fn watch(shared: &Shared, conductor: &str, until: Instant, mut reachable: bool) -> bool {
+/// when it should be asked again at once: a probe connects after one found it away, or the
+/// member is lonely after a good announce (it then asks every period). False once the member
+/// shuts down. `answered`: the last announce succeeded, so a probe that fails is news.
+///
+/// Only a failed probe makes a later good one a reason to announce early: a conductor that
+/// accepts connections but refuses the announce (full, say) is asked again after the backoff,
+/// not at every probe.
+fn watch(shared: &Shared, conductor: &str, until: Instant, answered: bool) -> bool {
+    let mut away = false;
     loop {
         let left = until.saturating_duration_since(Instant::now());
         if shared.wait_for_shutdown(left.min(PROBE_PERIOD)) {
             return false;
         }
-        if Instant::now() >= until || lonely(shared) {
+        if Instant::now() >= until || (answered && lonely(shared)) {
             return true;
         }
         match probe(shared, conductor) {
-            Ok(()) if !reachable => {
+            Ok(()) if away => {
                 log::info!("conductor {conductor} answers again; announcing");
                 return true;
             }
             Ok(()) => {}
-            Err(error) if reachable => {
-                reachable = false;
-                log::warn!("{error}; announcing again once it answers");
-                shared.emit(Event::ConductorUnreachable {
-                    conductor: conductor.to_string(),
-                    error,
-                    retry_in: PROBE_PERIOD,
-                });
+            Err(error) if !away => {
+                away = true;
+                if answered {
+                    log::warn!("{error}; announcing again once it answers");
+                    shared.emit(Event::ConductorUnreachable {
+                        conductor: conductor.to_string(),
+                        error,
+                        retry_in: PROBE_PERIOD,
+                    });
+                }
             }
             Err(_) => {}
         }
