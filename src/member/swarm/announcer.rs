@@ -8,7 +8,7 @@
 //! so one that restarted knows nobody until each member's next regular announce (30 s by
 //! default), and a newcomer that asks it in the meantime hears of nobody. So
 //! - a failed announce is retried soon, 0.5 s doubling to 2 s, not after the full interval
-//!   (the first three failures of an outage are reported, then one in fifteen);
+//!   (the first failure of an outage is a warning, later ones one in fifteen);
 //! - between announces, a connect probe every second (a TCP handshake, closed at once with a
 //!   reset: on Linux the conductor's deferred accept never even wakes for it) notices the
 //!   conductor go away (a warning and a `ConductorUnreachable` event), and the first probe
@@ -36,8 +36,9 @@ const MIN_ANNOUNCE_INTERVAL: Duration = Duration::from_millis(100);
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 /// Longest wait between attempts while the conductor is unreachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
-/// Failed announces in a row reported (a warning and an event) at the start of an outage;
-/// after them, one in [`REPORT_EVERY`] (about every 30 s at [`MAX_BACKOFF`]).
+/// Failed announces in a row told as events at the start of an outage (the first is also a
+/// warning); after them, one in [`REPORT_EVERY`] (about every 30 s at [`MAX_BACKOFF`]) is
+/// both.
 const REPORTED_FAILURES: u32 = 3;
 const REPORT_EVERY: u32 = 15;
 /// How often the conductor is probed between announces, and how long a probe may take; a
@@ -75,16 +76,19 @@ pub fn announce_loop(shared: &Shared, conductor: &str) {
             Err(e) => {
                 failures = failures.saturating_add(1);
                 let error = format!("{e:#}");
-                if failures <= REPORTED_FAILURES || failures.is_multiple_of(REPORT_EVERY) {
-                    // The error names the conductor already.
+                // The error names the conductor already.
+                let now_and_then = failures.is_multiple_of(REPORT_EVERY);
+                if failures == 1 || now_and_then {
                     log::warn!("{error}; retrying in {backoff:?}");
+                } else {
+                    log::debug!("{error}; retrying in {backoff:?}");
+                }
+                if failures <= REPORTED_FAILURES || now_and_then {
                     shared.emit(Event::ConductorUnreachable {
                         conductor: conductor.to_string(),
                         error,
                         retry_in: backoff,
                     });
-                } else {
-                    log::debug!("{error}; retrying in {backoff:?}");
                 }
                 let wait = backoff;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
