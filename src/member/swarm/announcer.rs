@@ -15,8 +15,9 @@
 //!   that connects again after that re-announces at once, so a restarted conductor hears from
 //!   every live member within about a second of coming back, if it was away for longer than a
 //!   probe period (a quicker restart goes unnoticed: that is what `--state` is for);
-//! - a member still fetching that has no peer connected re-announces every second, so that it
-//!   hears of the members the conductor learns about in the meantime.
+//! - a member still fetching that no connected peer can give anything (none connected, or
+//!   only other newcomers) re-announces every second, so that it hears of the members the
+//!   conductor learns about in the meantime.
 //!
 //! Every wait is on the member's shutdown signal, and every connection attempt is cancelled
 //! by it, so `Member::quit` never waits for a conductor.
@@ -42,7 +43,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const REPORTED_FAILURES: u32 = 3;
 const REPORT_EVERY: u32 = 15;
 /// How often the conductor is probed between announces, and how long a probe may take; a
-/// member still fetching with no peer connected announces this often instead.
+/// member still fetching that no connected peer can give a part announces this often instead.
 const PROBE_PERIOD: Duration = Duration::from_secs(1);
 
 /// Announces to `conductor` until the member shuts down.
@@ -154,9 +155,10 @@ fn watch(shared: &Shared, conductor: &str, until: Instant, answered: bool) -> bo
     }
 }
 
-/// Still fetching, and no peer connected: the conductor may know of one any moment.
+/// Still fetching, and no connected peer has a part we lack (none connected, or only other
+/// newcomers): the conductor may know of one any moment.
 fn lonely(shared: &Shared) -> bool {
-    shared.phase() == Phase::Fetching && shared.peers.lock().is_empty()
+    shared.phase() == Phase::Fetching && !shared.picker.lock().any_part_to_fetch()
 }
 
 /// Whether a TCP connection to the conductor opens within [`PROBE_PERIOD`]; if not, why.
