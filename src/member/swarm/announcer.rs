@@ -125,6 +125,9 @@ fn announce(shared: &Shared, conductor: &str) -> anyhow::Result<(Duration, Vec<S
 /// not at every probe.
 fn watch(shared: &Shared, conductor: &str, until: Instant, answered: bool) -> bool {
     let mut away = false;
+    // Resolved once for the probes of this wait, and again after a probe fails (the name may
+    // point elsewhere now), so that probing costs no name lookup a second.
+    let mut addrs = Vec::new();
     loop {
         let left = until.saturating_duration_since(Instant::now());
         if shared.wait_for_shutdown(left.min(PROBE_PERIOD)) {
@@ -133,7 +136,7 @@ fn watch(shared: &Shared, conductor: &str, until: Instant, answered: bool) -> bo
         if Instant::now() >= until || (answered && lonely(shared)) {
             return true;
         }
-        match probe(shared, conductor) {
+        match probe(shared, conductor, &mut addrs) {
             Ok(()) if away => {
                 log::info!("conductor {conductor} answers again; announcing");
                 return true;
@@ -162,13 +165,17 @@ fn lonely(shared: &Shared) -> bool {
 }
 
 /// Whether a TCP connection to the conductor opens within [`PROBE_PERIOD`]; if not, why.
-fn probe(shared: &Shared, conductor: &str) -> Result<(), String> {
+/// `addrs` are the conductor's addresses, resolved here when empty and emptied on a failure.
+fn probe(shared: &Shared, conductor: &str, addrs: &mut Vec<SocketAddr>) -> Result<(), String> {
     let stopping = || shared.is_shutting_down();
-    let addrs = conductor
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve conductor {conductor}: {e}"))?;
+    if addrs.is_empty() {
+        *addrs = conductor
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve conductor {conductor}: {e}"))?
+            .collect();
+    }
     let mut failure = format!("conductor {conductor}: the name resolves to no address");
-    for addr in addrs {
+    for &addr in addrs.iter() {
         match crate::net::connect(addr, PROBE_PERIOD, &stopping) {
             Ok(stream) => {
                 // A reset rather than a FIN: the conductor's kernel drops the connection
@@ -179,6 +186,7 @@ fn probe(shared: &Shared, conductor: &str) -> Result<(), String> {
             Err(e) => failure = format!("conductor {conductor}: cannot connect: {e}"),
         }
     }
+    addrs.clear();
     Err(failure)
 }
 
