@@ -8,7 +8,9 @@
 //! so one that restarted knows nobody until each member's next regular announce (30 s by
 //! default), and a newcomer that asks it in the meantime hears of nobody. So
 //! - a failed announce is retried soon, 0.5 s doubling to 2 s, not after the full interval
-//!   (the first failure of an outage is a warning, later ones one in fifteen);
+//!   (the first failure of an outage is a warning, later ones one in fifteen); if a probe
+//!   connects meanwhile the conductor is up and refusing (or not answering), and the backoff
+//!   goes on doubling to 30 s;
 //! - between announces, a connect probe every second (a TCP handshake, closed at once with a
 //!   reset: on Linux the conductor's deferred accept never even wakes for it) notices the
 //!   conductor go away (a warning and a `ConductorUnreachable` event), and the first probe
@@ -37,6 +39,9 @@ const MIN_ANNOUNCE_INTERVAL: Duration = Duration::from_millis(100);
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 /// Longest wait between attempts while the conductor is unreachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Longest wait between attempts while the conductor accepts connections but the announces
+/// fail (it refuses them, or never answers): asking every 2 s would only load it.
+const MAX_REFUSED_BACKOFF: Duration = Duration::from_secs(30);
 /// Failed announces in a row told as events at the start of an outage (the first is also a
 /// warning); after them, one in [`REPORT_EVERY`] (about every 30 s at [`MAX_BACKOFF`]) is
 /// both.
@@ -52,6 +57,8 @@ pub fn announce_loop(shared: &Shared, conductor: &str) {
     // Announces failed in a row: the first few of an outage are reported, then only now and
     // then, so that a conductor gone for good is not a warning every two seconds.
     let mut failures = 0u32;
+    // The conductor accepts connections but the announces fail.
+    let mut refusing = false;
     loop {
         let (wait, answered) = match announce(shared, conductor) {
             Ok((interval, peers)) => {
@@ -92,14 +99,29 @@ pub fn announce_loop(shared: &Shared, conductor: &str) {
                     });
                 }
                 let wait = backoff;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                let cap = match refusing {
+                    true => MAX_REFUSED_BACKOFF,
+                    false => MAX_BACKOFF,
+                };
+                backoff = (backoff * 2).min(cap);
                 (wait, false)
             }
         };
-        if !watch(shared, conductor, Instant::now() + wait, answered) {
-            return;
+        match watch(shared, conductor, Instant::now() + wait, answered) {
+            Watched::ShuttingDown => return,
+            // The announce failed although a probe connected since: not an outage.
+            Watched::Due { connected } => refusing = !answered && connected,
         }
     }
+}
+
+/// How a wait between announces ended.
+enum Watched {
+    ShuttingDown,
+    /// Time to announce; `connected`: the last probe of the wait connected.
+    Due {
+        connected: bool,
+    },
 }
 
 /// The one announce call, so that the request it sends is made in one place.
@@ -115,31 +137,34 @@ fn announce(shared: &Shared, conductor: &str) -> anyhow::Result<(Duration, Vec<S
     )
 }
 
-/// Waits until `until`, probing the conductor every [`PROBE_PERIOD`]; returns early (true)
-/// when it should be asked again at once: a probe connects after one found it away, or the
-/// member is lonely after a good announce (it then asks every period). False once the member
-/// shuts down. `answered`: the last announce succeeded, so a probe that fails is news.
+/// Waits until `until`, probing the conductor every [`PROBE_PERIOD`]; returns early when it
+/// should be asked again at once: a probe connects after one found it away, or the member is
+/// lonely after a good announce (it then asks every period). `answered`: the last announce
+/// succeeded, so a probe that fails is news.
 ///
 /// Only a failed probe makes a later good one a reason to announce early: a conductor that
 /// accepts connections but refuses the announce (full, say) is asked again after the backoff,
 /// not at every probe.
-fn watch(shared: &Shared, conductor: &str, until: Instant, answered: bool) -> bool {
+fn watch(shared: &Shared, conductor: &str, until: Instant, answered: bool) -> Watched {
     let mut away = false;
+    let mut connected = false;
     // Resolved once for the probes of this wait, and again after a probe fails (the name may
     // point elsewhere now), so that probing costs no name lookup a second.
     let mut addrs = Vec::new();
     loop {
         let left = until.saturating_duration_since(Instant::now());
         if shared.wait_for_shutdown(left.min(PROBE_PERIOD)) {
-            return false;
+            return Watched::ShuttingDown;
         }
         if Instant::now() >= until || (answered && lonely(shared)) {
-            return true;
+            return Watched::Due { connected };
         }
-        match probe(shared, conductor, &mut addrs) {
+        let probed = probe(shared, conductor, &mut addrs);
+        connected = probed.is_ok();
+        match probed {
             Ok(()) if away => {
                 log::info!("conductor {conductor} answers again; announcing");
-                return true;
+                return Watched::Due { connected };
             }
             Ok(()) => {}
             Err(error) if !away => {
