@@ -77,7 +77,8 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     log_file: Option<PathBuf>,
     /// Write newline-delimited JSON events to stdout (docs/JSON.md): listening, join, leave,
-    /// expire, summary, state_loaded, state_ignored, state_not_saved; with --stats, one stats event.
+    /// expire, summary, state_loaded, state_ignored, state_not_saved; with --stats, one stats
+    /// event.
     #[arg(long)]
     json: bool,
     /// Print the counters of the conductor at HOST:PORT and exit.

@@ -4,8 +4,8 @@
 //! while any number of clients, some slow or hostile, talk to it. It keeps only soft state: a
 //! member list per swarm that members refresh by re-announcing every interval and that forgets
 //! whoever stops doing so. Losing it (a restart) costs the time until members notice and
-//! announce again (about a second: they watch for it); with a state file ([`ConductorConfig::state`])
-//! not even that.
+//! announce again (about a second: they watch for it); with a state file
+//! ([`ConductorConfig::state`]) not even that.
 //!
 //! It runs as a service inside whatever process starts it: [`Conductor::start`] binds and starts
 //! its threads and returns a handle, which reports the counters ([`Conductor::stats`]) and typed
