@@ -30,7 +30,8 @@ pub const DEFAULT_CONDUCTOR: &str = "127.0.0.1:9999";
 pub struct ComposeOptions {
     /// The file to share.
     pub file: PathBuf,
-    /// The conductor members will announce to, as `HOST:PORT`.
+    /// The conductor members will announce to, as `HOST:PORT`, or several separated by
+    /// commas (line 1 of the `.orch`).
     pub conductor: String,
     /// Bytes per part, from [`MIN_PART_SIZE`] to [`MAX_PART_SIZE`]; `None` picks
     /// [`Orchestra::default_part_size`] for the file's size.
@@ -52,7 +53,8 @@ impl ComposeOptions {
         }
     }
 
-    /// Options from text as a person typed it: `conductor` as `HOST:PORT`, `part_size` as
+    /// Options from text as a person typed it: `conductor` as `HOST:PORT` (or several, comma
+    /// separated), `part_size` as
     /// [`parse_part_size`] reads it (`None`: from the file size). Refuses the conductor first,
     /// then the part size, with messages that name the value.
     pub fn from_text(
@@ -227,9 +229,9 @@ pub fn parse_part_size(text: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
-/// Refuses a conductor a `.orch` cannot name.
+/// Refuses a conductor (or list of conductors) a `.orch` cannot name.
 fn check_conductor(conductor: &str) -> Result<(), ComposeError> {
-    orch::check_conductor(conductor).map_err(|why| {
+    orch::check_conductors(conductor).map_err(|why| {
         ComposeError::new(
             ComposeErrorKind::Usage,
             anyhow!("invalid CONDUCTOR {conductor:?}: {why}"),

@@ -3,7 +3,7 @@
 //! A `.orch` is plain text, one value a line:
 //!
 //! ```text
-//! CONDUCTOR HOST:PORT
+//! CONDUCTOR HOST:PORT[,HOST:PORT...]
 //! FILENAME
 //! FULL_FILE_CHECKSUM
 //! FILE SIZE IN BYTES
@@ -36,6 +36,9 @@ pub const MAX_ORCH_BYTES: usize = 1024 + (MAX_PARTS as usize) * 66;
 pub const MAX_FILENAME_BYTES: usize = 255;
 /// Longest host name (RFC 1035).
 const MAX_HOST_BYTES: usize = 253;
+/// Most conductors line 1 may list: members announce to each, so a few suffice to survive
+/// failures, and the count bounds a member's announce threads.
+pub const MAX_CONDUCTORS: usize = 16;
 const HEADER_LINES: usize = 6;
 
 /// A SHA-256 digest.
@@ -166,7 +169,8 @@ pub struct Span {
 /// The parsed, validated contents of a `.orch`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Orchestra {
-    /// Where members announce themselves: `host:port`, `[v6]:port` or `a.b.c.d:port`.
+    /// Where members announce themselves: line 1 as written, one `host:port`, `[v6]:port` or
+    /// `a.b.c.d:port`, or several separated by commas; [`Orchestra::conductors`] lists them.
     pub conductor: String,
     /// One safe path component; see [`check_filename`].
     pub filename: String,
@@ -238,7 +242,7 @@ impl Orchestra {
         };
 
         let conductor = next("the conductor HOST:PORT")?;
-        check_conductor(conductor).map_err(|why| err(1, OrchErrorKind::BadConductor(why)))?;
+        check_conductors(conductor).map_err(|why| err(1, OrchErrorKind::BadConductor(why)))?;
         let filename = next("the file name")?;
         check_filename(filename).map_err(|why| err(2, OrchErrorKind::BadFilename(why)))?;
         let file_checksum = Checksum::from_hex(next("the full-file checksum")?).ok_or(err(
@@ -296,6 +300,12 @@ impl Orchestra {
             part_size,
             part_checksums,
         })
+    }
+
+    /// The conductors line 1 lists, in its order (validated at parse time: 1 to
+    /// [`MAX_CONDUCTORS`], distinct).
+    pub fn conductors(&self) -> Vec<String> {
+        self.conductor.split(',').map(str::to_string).collect()
     }
 
     /// The canonical text: LF line ends and a final newline.
@@ -462,6 +472,36 @@ pub fn check_filename(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Accepts line 1 of a `.orch`: one conductor as [`check_conductor`] accepts it, or up to
+/// [`MAX_CONDUCTORS`] distinct ones separated by commas (no spaces, no empty entries).
+pub fn check_conductors(text: &str) -> Result<(), String> {
+    // Counted before splitting into anything, so a line of commas costs nothing.
+    let count = text.bytes().filter(|&b| b == b',').count() + 1;
+    if count > MAX_CONDUCTORS {
+        return Err(format!(
+            "{count} conductors listed, more than the limit of {MAX_CONDUCTORS}"
+        ));
+    }
+    let mut seen: Vec<&str> = Vec::with_capacity(count);
+    for (i, one) in text.split(',').enumerate() {
+        if one.is_empty() && count > 1 {
+            return Err(format!(
+                "conductor {} of {count} is empty (two commas, or one at an end)",
+                i + 1
+            ));
+        }
+        check_conductor(one).map_err(|why| match count {
+            1 => why,
+            _ => format!("conductor {} of {count}: {why}", i + 1),
+        })?;
+        if seen.iter().any(|s| s.eq_ignore_ascii_case(one)) {
+            return Err(format!("conductor {:?} is listed twice", truncate(one)));
+        }
+        seen.push(one);
+    }
+    Ok(())
+}
+
 /// Accepts `a.b.c.d:port`, `[v6]:port` and `hostname:port`, with port 1 to 65535.
 pub fn check_conductor(text: &str) -> Result<(), String> {
     let (host, port) = text
@@ -606,5 +646,35 @@ mod tests {
         ] {
             assert!(check_conductor(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn conductor_lists() {
+        for ok in ["a:1", "a:1,b:2", "127.0.0.1:9000,[::1]:9000,host.example:7"] {
+            assert_eq!(check_conductors(ok), Ok(()), "{ok}");
+        }
+        let sixteen: Vec<String> = (1..=MAX_CONDUCTORS).map(|p| format!("h:{p}")).collect();
+        assert_eq!(check_conductors(&sixteen.join(",")), Ok(()));
+        let seventeen = format!("{},h:99", sixteen.join(","));
+        for bad in [
+            "",
+            ",",
+            "a:1,",
+            ",a:1",
+            "a:1,,b:2",
+            "a:1, b:2",
+            "a:1,a:1",
+            "a:1,A:1",
+            "a:1,b",
+            seventeen.as_str(),
+        ] {
+            assert!(check_conductors(bad).is_err(), "{bad}");
+        }
+        let mut o = sample();
+        o.conductor = "a:1,b:2".into();
+        let parsed = Orchestra::parse(&o.to_text()).unwrap();
+        assert_eq!(parsed.conductors(), ["a:1", "b:2"]);
+        assert_eq!(parsed.swarm_id(), sample().swarm_id());
+        assert_eq!(sample().conductors(), ["127.0.0.1:9999"]);
     }
 }

@@ -270,13 +270,20 @@ fn bad_conductor() {
         "host:99999",
         "[::1:80",
         "bad host:80",
+        "a:1,,b:2",
+        "a:1,a:1",
     ] {
         let out = run.composer(&["c.bin", bad]);
         assert_error(&out, 2, &["CONDUCTOR", bad]);
     }
     assert_eq!(run.files(), ["c.bin"]);
     // The forms a .orch accepts.
-    for good in ["[::1]:9999", "tracker.example.org:1", "10.0.0.1:65535"] {
+    for good in [
+        "[::1]:9999",
+        "tracker.example.org:1",
+        "10.0.0.1:65535",
+        "10.0.0.1:1,[::1]:2,t.example:3",
+    ] {
         assert_ok(&run.composer(&["c.bin", good]));
         let orch = Orchestra::read(&run.path("c.bin.orch")).unwrap();
         assert_eq!(orch.conductor, good);

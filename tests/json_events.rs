@@ -97,11 +97,17 @@ struct JsonConductor {
 }
 
 fn start_json_conductor(dir: &Path) -> JsonConductor {
-    let out = dir.join("conductor.jsonl");
+    start_json_conductor_as(dir, "conductor", &[])
+}
+
+/// [`start_json_conductor`] with more flags, its output in `dir/NAME.jsonl`.
+fn start_json_conductor_as(dir: &Path, name: &str, extra: &[&str]) -> JsonConductor {
+    let out = dir.join(format!("{name}.jsonl"));
     let proc = Proc::spawn(
-        "conductor",
+        name,
         Command::new(env!("CARGO_BIN_EXE_conductor"))
             .args(["--listen", "127.0.0.1:0", "--interval", "1s", "--json"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&out).unwrap())
             .stderr(Stdio::null()),
@@ -448,6 +454,54 @@ fn every_json_line_matches_docs_json_md() {
     assert_eq!(last["last"], true);
     assert_eq!(told[0]["event"], "listening");
     note("conductor", &told);
+
+    // --- conductor --state: state_loaded, state_ignored, state_not_saved.
+    let state = tmp.path().join("state.json");
+    let state_flag = ["--state", state.to_str().unwrap()];
+    let stopped = |mut conductor: JsonConductor| {
+        conductor.proc.signal(libc::SIGTERM);
+        assert!(conductor.proc.wait_exit(LIMIT).success());
+        check_all(
+            &schema,
+            "conductor",
+            &std::fs::read_to_string(&conductor.out).unwrap(),
+        )
+    };
+    let first = start_json_conductor_as(tmp.path(), "state-first", &state_flag);
+    torrentnchill::conductor::announce(&first.addr, swarm, a, 9, TIMEOUT).unwrap();
+    let told = stopped(first);
+    assert!(
+        events_named(&told, "state_loaded").is_empty(),
+        "no file yet"
+    );
+    note("conductor", &told);
+    let again = stopped(start_json_conductor_as(
+        tmp.path(),
+        "state-again",
+        &state_flag,
+    ));
+    assert_eq!(again[1]["event"], "state_loaded", "{again:?}");
+    assert_eq!(again[1]["members"], 1);
+    note("conductor", &again);
+    std::fs::write(&state, "{\"format\":").unwrap();
+    let damaged = stopped(start_json_conductor_as(
+        tmp.path(),
+        "state-damaged",
+        &state_flag,
+    ));
+    assert_eq!(damaged[1]["event"], "state_ignored", "{damaged:?}");
+    note("conductor", &damaged);
+    let nowhere = tmp.path().join("no such folder").join("state.json");
+    let unsaved = stopped(start_json_conductor_as(
+        tmp.path(),
+        "state-unsaved",
+        &["--state", nowhere.to_str().unwrap()],
+    ));
+    assert!(
+        !events_named(&unsaved, "state_not_saved").is_empty(),
+        "{unsaved:?}"
+    );
+    note("conductor", &unsaved);
 
     // Every documented event was seen, but one that needs over 100 expiries in one sweep; the
     // unit tests of src/conductor/events.rs check it against the same tables.

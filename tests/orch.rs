@@ -5,8 +5,9 @@
 use std::time::{Duration, Instant};
 
 use torrentnchill::orch::{
-    check_conductor, check_filename, Checksum, OrchError, OrchErrorKind, Orchestra,
-    MAX_FILENAME_BYTES, MAX_ORCH_BYTES, MAX_PARTS, MAX_PART_SIZE, MIN_PART_SIZE,
+    check_conductor, check_conductors, check_filename, Checksum, OrchError, OrchErrorKind,
+    Orchestra, MAX_CONDUCTORS, MAX_FILENAME_BYTES, MAX_ORCH_BYTES, MAX_PARTS, MAX_PART_SIZE,
+    MIN_PART_SIZE,
 };
 
 use OrchErrorKind::*;
@@ -588,6 +589,50 @@ fn conductor_lines() {
         let o = Orchestra::parse(&with_line(1, text)).unwrap_or_else(|e| panic!("{text:?}: {e}"));
         assert_eq!(o.conductor, text);
     }
+}
+
+#[test]
+fn line_1_may_list_several_conductors() {
+    for (text, want) in [
+        (
+            "127.0.0.1:9000,127.0.0.1:9001",
+            vec!["127.0.0.1:9000", "127.0.0.1:9001"],
+        ),
+        (
+            "[::1]:1,a.example:2,10.0.0.1:3",
+            vec!["[::1]:1", "a.example:2", "10.0.0.1:3"],
+        ),
+    ] {
+        let o = Orchestra::parse(&with_line(1, text)).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+        assert_eq!(o.conductor, text);
+        assert_eq!(o.conductors(), want);
+        // Line 1 is not part of the swarm id, and the text is written back as read.
+        assert_eq!(o.swarm_id(), base().swarm_id());
+        assert_eq!(o.to_text(), with_line(1, text));
+    }
+    let too_many: Vec<String> = (1..=MAX_CONDUCTORS + 1).map(|p| format!("h:{p}")).collect();
+    let bad = [
+        ("empty entry", "a:1,,b:2".to_string()),
+        ("trailing comma", "a:1,".to_string()),
+        ("leading comma", ",a:1".to_string()),
+        ("space after the comma", "a:1, b:2".to_string()),
+        ("duplicate", "a:1,b:2,a:1".to_string()),
+        ("duplicate in another case", "Host:1,host:1".to_string()),
+        ("one bad entry", "a:1,b:0".to_string()),
+        ("too many", too_many.join(",")),
+        ("only commas", ",".repeat(10_000)),
+    ];
+    for (case, text) in bad {
+        assert!(check_conductors(&text).is_err(), "{case}: {text:?}");
+        refused(case, &with_line(1, &text), 1, Want::BadConductor);
+    }
+    let err = Orchestra::parse(&with_line(1, "a:1,,b:2")).unwrap_err();
+    assert!(
+        err.to_string().contains("conductor 2 of 3 is empty"),
+        "{err}"
+    );
+    let err = Orchestra::parse(&with_line(1, "a:1,a:1")).unwrap_err();
+    assert!(err.to_string().contains("listed twice"), "{err}");
 }
 
 #[test]

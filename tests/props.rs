@@ -54,11 +54,27 @@ fn hostname() -> impl Strategy<Value = String> {
     vec("[a-z0-9]([a-z0-9_-]{0,8}[a-z0-9])?", 1..4).prop_map(|labels| labels.join("."))
 }
 
-fn conductor() -> impl Strategy<Value = String> {
+fn one_conductor() -> impl Strategy<Value = String> {
     prop_oneof![
         (any::<u32>(), port()).prop_map(|(a, p)| format!("{}:{p}", Ipv4Addr::from(a))),
         (any::<u128>(), port()).prop_map(|(a, p)| format!("[{}]:{p}", Ipv6Addr::from(a))),
         (hostname(), port()).prop_map(|(h, p)| format!("{h}:{p}")),
+    ]
+}
+
+/// Line 1: one conductor, or a few distinct ones separated by commas.
+fn conductor() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => one_conductor(),
+        1 => vec(one_conductor(), 2..5).prop_map(|list| {
+            let mut distinct: Vec<String> = Vec::new();
+            for one in list {
+                if !distinct.iter().any(|d| d.eq_ignore_ascii_case(&one)) {
+                    distinct.push(one);
+                }
+            }
+            distinct.join(",")
+        }),
     ]
 }
 

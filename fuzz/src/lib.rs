@@ -9,7 +9,9 @@
 use std::io::BufReader;
 
 use torrentnchill::member::bitfield::Bitfield;
-use torrentnchill::orch::{Orchestra, MAX_PARTS, MAX_PART_SIZE, MIN_PART_SIZE};
+use torrentnchill::orch::{
+    check_conductor, Orchestra, MAX_CONDUCTORS, MAX_PARTS, MAX_PART_SIZE, MIN_PART_SIZE,
+};
 use torrentnchill::wire::{
     have_map_len, ConductorReply, ConductorRequest, Hello, LineReader, PeerMessage, WireError,
     MAX_LINE, MAX_PEERS_PER_REPLY, MAX_PEX,
@@ -37,6 +39,13 @@ pub fn orch_parse(data: &[u8]) {
     assert_eq!(orch.part_count() as usize, orch.part_checksums.len());
     assert!(u64::from(orch.part_count()) <= MAX_PARTS);
     assert!((MIN_PART_SIZE..=MAX_PART_SIZE).contains(&orch.part_size));
+    // Line 1: one to MAX_CONDUCTORS valid, distinct conductors.
+    let conductors = orch.conductors();
+    assert!((1..=MAX_CONDUCTORS).contains(&conductors.len()));
+    for (i, one) in conductors.iter().enumerate() {
+        assert!(check_conductor(one).is_ok(), "{one:?}");
+        assert!(!conductors[..i].iter().any(|c| c.eq_ignore_ascii_case(one)));
+    }
     let text = orch.to_text();
     let again = Orchestra::parse(&text).expect("the canonical text of a valid .orch must parse");
     assert_eq!(again, orch);

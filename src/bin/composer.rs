@@ -1,5 +1,6 @@
-//! `composer FILE [CONDUCTOR] [PART_SIZE]`: checksum a file and write the `.orch` that lets a
-//! swarm share it. Flags in, [`torrentnchill::compose`] does the work, a report out.
+//! `composer FILE [CONDUCTOR[,CONDUCTOR...]] [PART_SIZE]`: checksum a file and write the
+//! `.orch` that lets a swarm share it. Flags in, [`torrentnchill::compose`] does the work, a
+//! report out.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -23,6 +24,7 @@ Examples:
   composer bigfile.iso                         write bigfile.iso.orch here, conductor 127.0.0.1:9999
   composer bigfile.iso tracker.lan:9999        members will announce to tracker.lan:9999
   composer bigfile.iso tracker.lan:9999 4M     parts of 4 MiB instead of the default
+  composer bigfile.iso a.lan:9999,b.lan:9999   members announce to both conductors
   composer bigfile.iso -o /srv/orch/           write /srv/orch/bigfile.iso.orch
   composer bigfile.iso --json                  one JSON line on stdout, for scripts
   composer --generate bash                     print bash completions (also zsh, fish, man)
@@ -45,7 +47,8 @@ struct Args {
     #[arg(required = true)]
     file: Option<PathBuf>,
 
-    /// The conductor members will announce to, as HOST:PORT.
+    /// The conductor members will announce to, as HOST:PORT; several (at most 16) separated by
+    /// commas, and members announce to each.
     #[arg(default_value = compose::DEFAULT_CONDUCTOR)]
     conductor: String,
 

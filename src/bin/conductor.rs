@@ -23,6 +23,7 @@ Examples:
   conductor --listen 0.0.0.0:7000 --interval 10s
   conductor --log-file /var/log/tnc/conductor.log   log there (the folder is created)
   conductor --json                             JSON events on stdout: listening, join, leave, ...
+  conductor --state /var/lib/tnc/state.json    keep the member lists across a restart
   conductor --stats tracker.lan:9999           print a running conductor's counters
   RUST_LOG=debug conductor                     also log every refresh and refused client
   conductor --generate bash                    print bash completions (also zsh, fish, man)
@@ -68,15 +69,20 @@ struct Args {
     /// Most members one address holds over all swarms (raise it for many members behind one NAT).
     #[arg(long, value_name = "N", default_value_t = conductor::DEFAULT_MAX_MEMBERS_PER_IP)]
     max_members_per_ip: usize,
+    /// Keep the member lists in this file across restarts: read at start (a damaged file is
+    /// reported and ignored), replaced atomically as members join and leave, and as it stops.
+    #[arg(long, value_name = "FILE")]
+    state: Option<PathBuf>,
     /// Append the log to this file (folders are created) instead of stderr.
     #[arg(long, value_name = "PATH")]
     log_file: Option<PathBuf>,
     /// Write newline-delimited JSON events to stdout (docs/JSON.md): listening, join, leave,
-    /// expire, summary; with --stats, one stats event.
+    /// expire, summary, state_loaded, state_ignored, state_not_saved; with --stats, one stats
+    /// event.
     #[arg(long)]
     json: bool,
     /// Print the counters of the conductor at HOST:PORT and exit.
-    #[arg(long, value_name = "HOST:PORT", conflicts_with_all = ["listen", "interval", "max_clients", "max_swarms", "max_swarm_members", "max_members", "max_clients_per_ip", "max_members_per_ip"])]
+    #[arg(long, value_name = "HOST:PORT", conflicts_with_all = ["listen", "interval", "max_clients", "max_swarms", "max_swarm_members", "max_members", "max_clients_per_ip", "max_members_per_ip", "state"])]
     stats: Option<String>,
     /// Print shell completions or a man page and exit.
     #[arg(long, value_name = "WHAT", hide = true, exclusive = true)]
@@ -120,6 +126,7 @@ fn run(args: &Args) -> Result<(), Failure> {
         max_members: args.max_members,
         max_clients_per_ip: args.max_clients_per_ip,
         max_members_per_ip: args.max_members_per_ip,
+        state: args.state.clone(),
         ..ConductorConfig::default()
     })?;
     // Scripts and tests read the port from the first line, so it must leave the process now.

@@ -15,7 +15,7 @@ use torrentnchill::member::peer::MAX_QUEUED_UPLOADS as MAX_PIPELINE;
 use torrentnchill::member::report::{JsonReport, TerminalReport};
 use torrentnchill::member::session::{self, QuitSignal, Report, SessionOptions};
 use torrentnchill::member::{check, Member, MemberConfig};
-use torrentnchill::orch::Orchestra;
+use torrentnchill::orch::{self, Orchestra};
 use torrentnchill::{json, sync::Mutex};
 
 const EXAMPLES: &str = "\
@@ -25,6 +25,7 @@ Examples:
   member x.orch --exit-when-done --json    for scripts: JSON events, exit 0 once verified
   member x.orch --listen 0.0.0.0:7000      accept peers on a fixed port (default: any free port)
   member x.orch --max-upload-rate 20MB/s   send at most 20 MB/s to all peers together
+  member x.orch --conductor t2.lan:9999    announce there instead of line 1 of the .orch
   member x.orch --check --dir /data        check /data/FILE (or FILE.part) offline, list bad parts
   member --generate bash                   print bash completions (also zsh, fish, man)
 
@@ -73,12 +74,16 @@ struct Args {
     /// Most bytes per second received from all peers together.
     #[arg(long, value_name = "RATE", value_parser = units::parse_rate)]
     max_download_rate: Option<u64>,
+    /// Announce to this conductor instead of those on line 1 of the .orch (repeatable: all of
+    /// them, at most 16).
+    #[arg(long, value_name = "HOST:PORT")]
+    conductor: Vec<String>,
     /// Write logs to this file (its folder is created) instead of the terminal.
     #[arg(long, value_name = "PATH")]
     log_file: Option<PathBuf>,
     /// Check DIR/FILENAME (or DIR/FILENAME.part if only that exists) against the .orch without
     /// the network, list the bad parts and exit: 0 if complete and valid, 1 if not.
-    #[arg(long, conflicts_with_all = ["listen", "exit_when_done", "max_peers", "peer_timeout", "pipeline", "max_upload_rate", "max_download_rate"])]
+    #[arg(long, conflicts_with_all = ["listen", "conductor", "exit_when_done", "max_peers", "peer_timeout", "pipeline", "max_upload_rate", "max_download_rate"])]
     check: bool,
     /// Print shell completions or a man page and exit.
     #[arg(long, value_name = "WHAT", hide = true, exclusive = true)]
@@ -122,6 +127,12 @@ fn run(args: &Args, bar: &BarSlot) -> Result<i32, Failure> {
         let error = anyhow::anyhow!("--peer-timeout must be at least 100ms");
         return Err(Failure::new(exit::USAGE, error));
     }
+    if !args.conductor.is_empty() {
+        // The same rules as line 1 of a .orch: valid, distinct, and not too many.
+        orch::check_conductors(&args.conductor.join(",")).map_err(|why| {
+            Failure::new(exit::USAGE, anyhow::anyhow!("invalid --conductor: {why}"))
+        })?;
+    }
     let interactive = !args.json && cli::is_interactive();
     let mut config = MemberConfig::new(args.dir.clone());
     config.listen = args.listen;
@@ -130,6 +141,7 @@ fn run(args: &Args, bar: &BarSlot) -> Result<i32, Failure> {
     config.pipeline = args.pipeline.map(usize::from);
     config.max_upload_rate = args.max_upload_rate;
     config.max_download_rate = args.max_download_rate;
+    config.conductors = args.conductor.clone();
 
     // Set up first, so that a signal that comes while the file is checked still ends cleanly.
     let quit = Arc::new(QuitSignal::default());

@@ -51,6 +51,17 @@ pub enum ConductorEvent {
         swarm: SwarmId,
         addr: SocketAddr,
     },
+    /// The state file was read at start: `members` put back, `expired` too old to keep.
+    StateLoaded {
+        path: String,
+        members: u64,
+        expired: u64,
+    },
+    /// The state file could not be used (damaged, too large, unreadable) and was ignored:
+    /// the conductor starts with empty lists.
+    StateIgnored { path: String, error: String },
+    /// The state file could not be written; the conductor keeps trying as the table changes.
+    StateNotSaved { path: String, error: String },
     /// Members expired in the same sweep beyond the first 100, which have an
     /// [`ConductorEvent::Expire`] each.
     ExpireMore { count: u64 },
@@ -211,6 +222,19 @@ mod tests {
             serde_json::to_string(&ConductorEvent::Leave { swarm, addr }),
             serde_json::to_string(&ConductorEvent::Expire { swarm, addr }),
             serde_json::to_string(&ConductorEvent::ExpireMore { count: 17 }),
+            serde_json::to_string(&ConductorEvent::StateLoaded {
+                path: "state.json".into(),
+                members: 3,
+                expired: 1,
+            }),
+            serde_json::to_string(&ConductorEvent::StateIgnored {
+                path: "state.json".into(),
+                error: "not a state file".into(),
+            }),
+            serde_json::to_string(&ConductorEvent::StateNotSaved {
+                path: "state.json".into(),
+                error: "cannot create it".into(),
+            }),
             serde_json::to_string(&ConductorEvent::summary(
                 &stats,
                 Duration::from_micros(61_234_567),

@@ -3,7 +3,9 @@
 //! Members find each other nowhere else, so the conductor has to stay up and answer quickly
 //! while any number of clients, some slow or hostile, talk to it. It keeps only soft state: a
 //! member list per swarm that members refresh by re-announcing every interval and that forgets
-//! whoever stops doing so. Losing it (a restart) costs one announce round, nothing more.
+//! whoever stops doing so. Losing it (a restart) costs the time until members notice and
+//! announce again (about a second: they watch for it); with a state file
+//! ([`ConductorConfig::state`]) not even that.
 //!
 //! It runs as a service inside whatever process starts it: [`Conductor::start`] binds and starts
 //! its threads and returns a handle, which reports the counters ([`Conductor::stats`]) and typed
@@ -19,7 +21,8 @@
 //!   with a client;
 //! - `client`: the calls members and tools make ([`announce`], [`leave`], [`stats`]), so that
 //!   both sides of the protocol live in one place;
-//! - `events`: the typed events and the bounded queue that carries them.
+//! - `events`: the typed events and the bounded queue that carries them;
+//! - `state`: the state file (`--state`) that keeps the member table across a restart.
 //!
 //! Design choices that follow from staying up under load:
 //! - One blocking thread per client, capped in number, each with a per-line deadline and a
@@ -46,10 +49,12 @@ mod client;
 mod events;
 mod registry;
 mod server;
+mod state;
 
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
@@ -60,6 +65,7 @@ pub use crate::wire::ConductorStats;
 pub use client::{announce, announce_unless, leave, stats};
 pub use events::{ConductorEvent, StatsEvent, EVENT_QUEUE};
 pub use registry::source_of;
+pub use state::{MAX_STATE_BYTES, MAX_STATE_MEMBERS};
 
 /// Where the conductor listens unless told otherwise.
 pub const DEFAULT_LISTEN: SocketAddr =
@@ -114,6 +120,9 @@ pub struct ConductorConfig {
     /// How long a connection may take to send each later line.
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
+    /// Where the member table is kept across restarts (`--state`): read at start (a damaged
+    /// file is reported and ignored), written atomically as it changes and as it stops.
+    pub state: Option<PathBuf>,
 }
 
 impl Default for ConductorConfig {
@@ -130,6 +139,7 @@ impl Default for ConductorConfig {
             first_line_timeout: DEFAULT_FIRST_LINE_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
+            state: None,
         }
     }
 }

@@ -163,6 +163,18 @@ pub(super) struct Registry {
     refused: u64,
     /// Where the changes to the table are told, and the summaries made from it.
     pub(super) events: EventSink,
+    /// Counts joins, leaves and expiries, and refreshes apart, so that the state file is
+    /// written when they moved (see the state module).
+    pub(super) changes: Changes,
+}
+
+/// How many times the table changed, by kind.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+pub(super) struct Changes {
+    /// Members joined, restarted, left or expired.
+    pub(super) membership: u64,
+    /// Members refreshed: only their last-seen times moved.
+    pub(super) refreshes: u64,
 }
 
 impl Registry {
@@ -175,6 +187,7 @@ impl Registry {
             rate: Rate::new(now),
             refused: 0,
             events,
+            changes: Changes::default(),
         }
     }
 
@@ -231,6 +244,7 @@ impl Registry {
             }
         };
         let peers = swarm.sample(addr, MAX_PEERS_PER_REPLY);
+        self.changes.note(change == Change::Refreshed);
         if change != Change::Refreshed {
             self.events.send(ConductorEvent::Join {
                 swarm: swarm_id,
@@ -255,6 +269,7 @@ impl Registry {
                     self.swarms.remove(&swarm_id);
                 }
                 self.forget(addr);
+                self.changes.note(false);
                 self.events.send(ConductorEvent::Leave {
                     swarm: swarm_id,
                     addr,
@@ -282,6 +297,9 @@ impl Registry {
         for (_, addr) in &expired {
             self.forget(*addr);
         }
+        if !expired.is_empty() {
+            self.changes.note(false);
+        }
         for &(swarm, addr) in expired.iter().take(MAX_EXPIRY_LINES) {
             self.events.send(ConductorEvent::Expire { swarm, addr });
         }
@@ -291,6 +309,56 @@ impl Registry {
             });
         }
         expired
+    }
+
+    /// Every member, for the state file.
+    pub(super) fn snapshot(&self) -> Vec<(SwarmId, SocketAddr, PeerId, Instant)> {
+        let mut all = Vec::with_capacity(self.members);
+        for (id, swarm) in &self.swarms {
+            all.extend(
+                swarm
+                    .members
+                    .iter()
+                    .map(|m| (*id, m.addr, m.peer_id, m.last_seen)),
+            );
+        }
+        all
+    }
+
+    /// Puts back a member read from the state file, within the same caps as an announce but
+    /// without an event or a count in the announce rate; false if there is no room or it is
+    /// there already.
+    pub(super) fn restore(
+        &mut self,
+        swarm_id: SwarmId,
+        addr: SocketAddr,
+        peer_id: PeerId,
+        last_seen: Instant,
+    ) -> bool {
+        let source = source_of(addr.ip());
+        let full = match self.swarms.get(&swarm_id) {
+            Some(swarm) => {
+                swarm.by_addr.contains_key(&addr)
+                    || swarm.members.len() >= self.limits.max_swarm_members
+            }
+            None => self.swarms.len() >= self.limits.max_swarms,
+        };
+        if full
+            || self.members >= self.limits.max_members
+            || self.per_source.get(&source).copied().unwrap_or(0) >= self.limits.max_members_per_ip
+        {
+            return false;
+        }
+        let swarm = self.swarms.entry(swarm_id).or_default();
+        swarm.by_addr.insert(addr, swarm.members.len());
+        swarm.members.push(Member {
+            addr,
+            peer_id,
+            last_seen,
+        });
+        self.members += 1;
+        *self.per_source.entry(source).or_insert(0) += 1;
+        true
     }
 
     /// Counts one member at `addr` out of the totals.
@@ -316,6 +384,15 @@ impl Registry {
     /// Announces refused for lack of room since the last call.
     pub(super) fn take_refused(&mut self) -> u64 {
         std::mem::take(&mut self.refused)
+    }
+}
+
+impl Changes {
+    fn note(&mut self, refresh: bool) {
+        match refresh {
+            true => self.refreshes += 1,
+            false => self.membership += 1,
+        }
     }
 }
 
@@ -491,6 +568,46 @@ mod tests {
         );
         // The refused announce created no empty swarm.
         assert_eq!(registry.stats(now).swarms, 2);
+    }
+
+    #[test]
+    fn restored_members_keep_their_age_and_the_caps() {
+        let start = Instant::now();
+        let (a, b) = (Checksum::of(b"a"), Checksum::of(b"b"));
+        let id = PeerId::random();
+        let mut registry = quiet(limits(10, 2, 3), start);
+        let seen = start - Duration::from_secs(5);
+        assert!(registry.restore(a, addr(1), id, seen));
+        assert!(!registry.restore(a, addr(1), id, seen), "there already");
+        assert!(registry.restore(a, addr(2), id, seen));
+        assert!(!registry.restore(a, addr(3), id, seen), "swarm is full");
+        assert!(registry.restore(b, addr(3), id, start));
+        assert!(!registry.restore(b, addr(4), id, start), "too many members");
+        assert_eq!(registry.changes, Changes::default());
+        let mut saved = registry.snapshot();
+        saved.sort_by_key(|m| m.1);
+        assert_eq!(
+            saved,
+            [
+                (a, addr(1), id, seen),
+                (a, addr(2), id, seen),
+                (b, addr(3), id, start)
+            ]
+        );
+        // They expire from the time they were last seen, not from the restore.
+        let expired = registry.expire(start - Duration::from_secs(1));
+        assert_eq!(expired.len(), 2);
+        assert_eq!(registry.changes.membership, 1);
+        let (_, peers) = registry.announce(b, addr(4), id, start).unwrap();
+        assert_eq!(peers, [addr(3)]);
+        registry.announce(b, addr(4), id, start).unwrap();
+        assert_eq!(
+            registry.changes,
+            Changes {
+                membership: 2,
+                refreshes: 1
+            }
+        );
     }
 
     #[test]

@@ -9,7 +9,10 @@
 //! - the reaper (`conductor-reaper`): expires silent members every half interval and makes the
 //!   summary (log line and event) every interval, at most once a minute;
 //! - the closer (`conductor-closer`): closes the sockets the accept loop is done with, so that
-//!   it never pays for a close itself.
+//!   it never pays for a close itself;
+//! - with a state file, the saver (`conductor-state`): writes the member table when it changed
+//!   (see the state module); the table is read back before the accept loop starts, and written
+//!   once more after every other thread has stopped.
 //!
 //! Stopping ([`stop`]) sets a flag, wakes the reaper (it waits on a condition variable, not in
 //! a sleep) and wakes the accept loop by shutting the listening socket down: on Linux that
@@ -21,17 +24,19 @@
 use std::collections::HashMap;
 use std::io::{self, BufReader, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use log::{debug, info, warn};
 
 use super::admission::{hard_cap, stamp, Conn, Connections};
 use super::events::{ConductorEvent, EventSink, EVENT_QUEUE};
-use super::registry::{source_of, Change, Limits, Registry, MAX_EXPIRY_LINES};
+use super::registry::{source_of, Change, Changes, Limits, Registry, MAX_EXPIRY_LINES};
+use super::state;
 use super::{short, ConductorConfig, StartError, LOG_TARGET};
 use crate::net::{self, DeadlineStream};
 use crate::sync::{Condvar, Mutex, MutexGuard};
@@ -177,6 +182,8 @@ impl Shared {
 pub(super) struct Threads {
     accept: JoinHandle<()>,
     reaper: JoinHandle<()>,
+    /// With a state file.
+    saver: Option<JoinHandle<()>>,
 }
 
 /// Starts the reaper, the closer and the accept loop. On failure, those already started are
@@ -206,12 +213,34 @@ pub(super) fn spawn(shared: &Arc<Shared>) -> Result<Threads, StartError> {
             .registry()
             .events
             .send(ConductorEvent::listening(shared.local_addr, config.interval));
-        let shared = Arc::clone(shared);
+        // Before the first connection is served, so that its answer has the old members.
+        let saver = match &config.state {
+            Some(path) => {
+                restore(shared, path);
+                let (shared, path) = (Arc::clone(shared), path.clone());
+                Some(spawn_named("state", None, move || keep_saved(&shared, &path))?)
+            }
+            None => None,
+        };
+        let for_accept = Arc::clone(shared);
         // If this fails, the closer goes down with the closure, and its drop joins its thread.
-        spawn_named("accept", None, move || accept_loop(&shared, closer))
+        match spawn_named("accept", None, move || accept_loop(&for_accept, closer)) {
+            Ok(accept) => Ok((accept, saver)),
+            Err(e) => {
+                shared.stop.set();
+                if let Some(saver) = saver {
+                    let _ = saver.join();
+                }
+                Err(e)
+            }
+        }
     });
     match started {
-        Ok(accept) => Ok(Threads { accept, reaper }),
+        Ok((accept, saver)) => Ok(Threads {
+            accept,
+            reaper,
+            saver,
+        }),
         Err(e) => {
             shared.stop.set();
             let _ = reaper.join();
@@ -227,6 +256,12 @@ pub(super) fn stop(shared: &Shared, threads: Threads) -> ConductorStats {
     wake_accept(shared);
     let _ = threads.accept.join();
     let _ = threads.reaper.join();
+    if let Some(saver) = threads.saver {
+        let _ = saver.join();
+    }
+    if let Some(path) = &shared.config.state {
+        save(shared, path, &mut false);
+    }
     let mut registry = shared.registry();
     let stats = registry.stats(Instant::now());
     let summary = ConductorEvent::summary(&stats, shared.started.elapsed(), true);
@@ -597,6 +632,102 @@ fn reap(shared: &Shared) {
             summarize(shared, now);
         }
     }
+}
+
+/// Puts back the members of the state file at `path`; a file that cannot be used is reported
+/// and ignored.
+fn restore(shared: &Shared, path: &Path) {
+    let max_age = 2 * shared.config.interval + EXPIRY_GRACE;
+    let shown = path.display().to_string();
+    match state::load(path, max_age, Instant::now(), SystemTime::now()) {
+        Ok(None) => {
+            info!(target: LOG_TARGET, "no state file at {shown} yet: starting with no members")
+        }
+        Ok(Some(loaded)) => {
+            let mut registry = shared.registry();
+            let read = loaded.members.len();
+            let put_back = loaded
+                .members
+                .into_iter()
+                .filter(|&(swarm, addr, peer_id, seen)| {
+                    registry.restore(swarm, addr, peer_id, seen)
+                })
+                .count();
+            registry.events.send(ConductorEvent::StateLoaded {
+                path: shown.clone(),
+                members: put_back as u64,
+                expired: loaded.expired,
+            });
+            let stats = registry.stats(Instant::now());
+            drop(registry);
+            info!(
+                target: LOG_TARGET,
+                "state from {shown}: {} members in {} swarms put back, {} expired meanwhile{}",
+                put_back,
+                stats.swarms,
+                loaded.expired,
+                match read - put_back {
+                    0 => String::new(),
+                    n => format!(", {n} over the caps"),
+                }
+            );
+        }
+        Err(e) => {
+            let error = format!("{e:#}");
+            warn!(target: LOG_TARGET, "ignoring the state file {shown}: {error}; starting with no members");
+            shared
+                .registry()
+                .events
+                .send(ConductorEvent::StateIgnored { path: shown, error });
+        }
+    }
+}
+
+/// Writes the state file when the table changed: joins, leaves and expiries within
+/// [`state::SAVE_PERIOD`], refreshes every half interval, until the conductor stops.
+fn keep_saved(shared: &Shared, path: &Path) {
+    let refresh_period = (shared.config.interval / 2).max(state::SAVE_PERIOD);
+    let mut saved = shared.registry().changes;
+    let mut saved_at = Instant::now();
+    let mut failing = false;
+    while !shared.stop.wait(state::SAVE_PERIOD) {
+        let changes = shared.registry().changes;
+        let due = changes.membership != saved.membership
+            || (changes.refreshes != saved.refreshes && saved_at.elapsed() >= refresh_period);
+        if due {
+            saved = save(shared, path, &mut failing);
+            saved_at = Instant::now();
+        }
+    }
+}
+
+/// Writes the state file now, and returns the changes it covers. A failure is logged and told
+/// once until a save succeeds again (`failing`).
+fn save(shared: &Shared, path: &Path, failing: &mut bool) -> Changes {
+    let (members, changes, now, wall) = {
+        let registry = shared.registry();
+        let taken = (Instant::now(), SystemTime::now());
+        (registry.snapshot(), registry.changes, taken.0, taken.1)
+    };
+    let shown = path.display().to_string();
+    match state::save(path, members, now, wall) {
+        Ok(()) => {
+            if std::mem::take(failing) {
+                info!(target: LOG_TARGET, "state file {shown} written again");
+            }
+        }
+        Err(e) if !*failing => {
+            *failing = true;
+            let error = format!("{e:#}");
+            warn!(target: LOG_TARGET, "cannot write the state file {shown}: {error}");
+            shared
+                .registry()
+                .events
+                .send(ConductorEvent::StateNotSaved { path: shown, error });
+        }
+        Err(e) => debug!(target: LOG_TARGET, "cannot write the state file {shown}: {e:#}"),
+    }
+    changes
 }
 
 /// The summary: an event with the member counts, and a log line with the connection counters

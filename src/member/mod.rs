@@ -69,6 +69,9 @@ pub struct MemberConfig {
     pub max_download_rate: Option<u64>,
     /// Which part to ask for next.
     pub policy: PolicyFactory,
+    /// Conductors to announce to instead of those on line 1 of the `.orch` (`--conductor`);
+    /// empty: line 1's.
+    pub conductors: Vec<String>,
 }
 
 impl MemberConfig {
@@ -87,6 +90,7 @@ impl MemberConfig {
             max_upload_rate: None,
             max_download_rate: None,
             policy: policy::rarest_first,
+            conductors: Vec::new(),
         }
     }
 }
@@ -105,12 +109,15 @@ pub enum Event {
         index: u32,
         addr: SocketAddr,
     },
-    /// The conductor could not be reached; the member keeps trying.
+    /// A conductor could not be reached; the member keeps trying.
     ConductorUnreachable {
+        conductor: String,
         error: String,
         retry_in: Duration,
     },
+    /// A conductor answered an announce with `peers` addresses.
     ConductorOk {
+        conductor: String,
         peers: usize,
     },
     /// Every part is in and the whole file's checksum matched.

@@ -53,6 +53,12 @@ impl Picker {
         self.have.count()
     }
 
+    /// Whether some connected peer has a part we lack: if not, only new peers can help.
+    pub fn any_part_to_fetch(&self) -> bool {
+        (self.first_missing..self.have.len())
+            .any(|i| !self.have.get(i) && self.availability[i as usize] > 0)
+    }
+
     pub fn peer_has(&mut self, index: u32) {
         if let Some(a) = self.availability.get_mut(index as usize) {
             *a += 1;
@@ -145,6 +151,21 @@ mod tests {
         assert_eq!(picker.pick(&everything, &[], 1000), Some(3));
         let next = picker.pick(&everything, &[3], 1000).unwrap();
         assert!(next == 1 || next == 2);
+    }
+
+    #[test]
+    fn knows_whether_any_peer_has_a_part_we_lack() {
+        let mut have = Bitfield::new(3);
+        have.set(0);
+        let mut picker = rarest(have);
+        assert!(!picker.any_part_to_fetch());
+        // A peer with only what we have is no help; one with part 2 is.
+        picker.peer_has(0);
+        assert!(!picker.any_part_to_fetch());
+        picker.peer_has(2);
+        assert!(picker.any_part_to_fetch());
+        picker.peer_lost(2);
+        assert!(!picker.any_part_to_fetch());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! ([`JsonReport`], every event typed as docs/JSON.md documents it), or a progress bar on a
 //! terminal ([`TerminalReport`], nothing at all without one).
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -58,10 +59,12 @@ pub enum MemberEvent<'a> {
         addr: SocketAddr,
     },
     ConductorUnreachable {
+        conductor: &'a str,
         error: &'a str,
         retry_in_secs: f64,
     },
     ConductorOk {
+        conductor: &'a str,
         peers: usize,
     },
     Complete {
@@ -83,11 +86,19 @@ impl<'a> MemberEvent<'a> {
                 part: *index,
                 addr: *addr,
             },
-            Event::ConductorUnreachable { error, retry_in } => MemberEvent::ConductorUnreachable {
+            Event::ConductorUnreachable {
+                conductor,
+                error,
+                retry_in,
+            } => MemberEvent::ConductorUnreachable {
+                conductor,
                 error,
                 retry_in_secs: (retry_in.as_secs_f64() * 10.0).round() / 10.0,
             },
-            Event::ConductorOk { peers } => MemberEvent::ConductorOk { peers: *peers },
+            Event::ConductorOk { conductor, peers } => MemberEvent::ConductorOk {
+                conductor,
+                peers: *peers,
+            },
             Event::Complete => MemberEvent::Complete {
                 download_seconds: json::seconds(clock.download_time()),
                 seconds: json::seconds(member.elapsed()),
@@ -177,8 +188,8 @@ pub struct TerminalReport {
     slot: BarSlot,
     file: String,
     interactive: bool,
-    /// The last word from the conductor was a failure (said once, until it answers again).
-    conductor_down: bool,
+    /// The conductors whose last word was a failure (said once, until it answers again).
+    conductors_down: HashSet<String>,
 }
 
 impl TerminalReport {
@@ -188,7 +199,7 @@ impl TerminalReport {
             slot,
             file,
             interactive,
-            conductor_down: false,
+            conductors_down: HashSet::new(),
         }
     }
 
@@ -229,16 +240,15 @@ impl Report for TerminalReport {
 
     fn event(&mut self, event: &Event, _member: &Member, _clock: &Clock) {
         match event {
-            Event::ConductorUnreachable { error, retry_in } if !self.conductor_down => {
-                self.conductor_down = true;
+            Event::ConductorUnreachable {
+                conductor, error, ..
+            } if self.conductors_down.insert(conductor.clone()) => {
                 self.println(format!(
-                    "conductor unreachable ({error}); retrying in {:.0} s, working with known peers",
-                    retry_in.as_secs_f64()
+                    "conductor unreachable ({error}); retrying, working with known peers"
                 ));
             }
-            Event::ConductorOk { .. } if self.conductor_down => {
-                self.conductor_down = false;
-                self.println("conductor reachable again".into());
+            Event::ConductorOk { conductor, .. } if self.conductors_down.remove(conductor) => {
+                self.println(format!("conductor {conductor} reachable again"));
             }
             Event::PartRejected { index, addr } => self.println(format!(
                 "part {index} from {addr} failed its checksum; peer dropped"

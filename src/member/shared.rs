@@ -51,6 +51,8 @@ pub enum OnPanic {
 /// State shared by all of a member's threads.
 pub struct Shared {
     pub orch: Orchestra,
+    /// Where we announce: [`MemberConfig::conductors`], or else line 1 of the `.orch`.
+    pub conductors: Vec<String>,
     pub swarm: SwarmId,
     pub peer_id: PeerId,
     pub config: MemberConfig,
@@ -102,7 +104,12 @@ pub struct Parts {
 impl Shared {
     pub fn new(parts: Parts) -> std::io::Result<Shared> {
         let listen_port = parts.listener.local_addr()?.port();
+        let conductors = match parts.config.conductors.is_empty() {
+            true => parts.orch.conductors(),
+            false => parts.config.conductors.clone(),
+        };
         Ok(Shared {
+            conductors,
             swarm: parts.orch.swarm_id(),
             peer_id: PeerId::random(),
             listen_port,
