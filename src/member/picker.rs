@@ -100,6 +100,39 @@ impl Picker {
         Some(index)
     }
 
+    /// A part for a source outside the swarm (an HTTP origin), counted as in flight: one we
+    /// lack and nobody is asked for, among those fewest connected peers have (with
+    /// `unavailable_only`, only one no connected peer has), at random among equals so that
+    /// members asking one origin at once rarely ask for the same part.
+    pub fn pick_outside(&mut self, unavailable_only: bool) -> Option<u32> {
+        let mut best: Option<(u32, u32)> = None; // (availability, index)
+        let mut ties = 0u32;
+        for index in self.first_missing..self.have.len() {
+            let i = index as usize;
+            let available = self.availability[i];
+            if self.have.get(index) || self.in_flight[i] > 0 || (unavailable_only && available > 0)
+            {
+                continue;
+            }
+            match best {
+                Some((a, _)) if available > a => {}
+                Some((a, _)) if available == a => {
+                    ties += 1;
+                    if fastrand::u32(0..ties) == 0 {
+                        best = Some((a, index));
+                    }
+                }
+                _ => {
+                    best = Some((available, index));
+                    ties = 1;
+                }
+            }
+        }
+        let (_, index) = best?;
+        self.in_flight[index as usize] += 1;
+        Some(index)
+    }
+
     /// A request is over without the part (rejected, failed, or the peer went away).
     pub fn release(&mut self, index: u32) {
         if let Some(f) = self.in_flight.get_mut(index as usize) {
@@ -210,6 +243,31 @@ mod tests {
         assert_eq!(picker.pick(&theirs, &[3], 1), Some(5));
         assert!(picker.complete(3));
         assert_eq!(picker.pick(&theirs, &[5], 1), Some(7));
+    }
+
+    #[test]
+    fn outside_picks_take_parts_nobody_has_or_is_asked_for() {
+        let mut have = Bitfield::new(6);
+        have.set(0);
+        let mut picker = rarest(have);
+        let mut theirs = Bitfield::new(6);
+        for i in [1, 2, 3] {
+            theirs.set(i);
+            picker.peer_has(i);
+        }
+        picker.peer_has(1);
+        let asked = picker.pick(&theirs, &[], 100).unwrap();
+        let mut unavailable: Vec<u32> = (0..2).filter_map(|_| picker.pick_outside(true)).collect();
+        unavailable.sort();
+        assert_eq!(unavailable, vec![4, 5]);
+        assert_eq!(picker.pick_outside(true), None);
+        // Then the rarest of those peers have that nobody is asked for.
+        let rest = picker.pick_outside(false).unwrap();
+        assert!(rest != asked && rest != 0 && rest < 4, "{rest}");
+        assert!(picker
+            .pick_outside(false)
+            .is_some_and(|i| i != rest && i != asked));
+        assert_eq!(picker.pick_outside(false), None);
     }
 
     /// A policy that breaks the rules is refused, not obeyed.

@@ -186,6 +186,7 @@ pub struct Summary {
     pub parts_done: u32,
     pub parts_total: u32,
     pub bytes_down: u64,
+    pub bytes_from_origin: u64,
     pub bytes_up: u64,
     /// The whole session, from joining the swarm to leaving it.
     pub seconds: f64,
@@ -216,6 +217,7 @@ impl Summary {
             parts_done: status.parts_done,
             parts_total: status.parts_total,
             bytes_down: status.bytes_down,
+            bytes_from_origin: status.bytes_from_origin,
             bytes_up: status.bytes_up,
             seconds: crate::json::seconds(session),
             download_seconds: crate::json::seconds(download),
@@ -274,6 +276,7 @@ mod tests {
             bytes_done,
             bytes_total: 1000,
             bytes_down: bytes_done,
+            bytes_from_origin: 0,
             bytes_up,
             peers: 1,
             requests_out: 0,

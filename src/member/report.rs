@@ -38,6 +38,7 @@ pub enum MemberEvent<'a> {
         bytes_done: u64,
         bytes_total: u64,
         bytes_down: u64,
+        bytes_from_origin: u64,
         bytes_up: u64,
         peers: usize,
         rate: f64,
@@ -64,6 +65,10 @@ pub enum MemberEvent<'a> {
     ConductorOk {
         peers: usize,
     },
+    OriginDropped {
+        url: &'a str,
+        reason: &'a str,
+    },
     Complete {
         download_seconds: f64,
         seconds: f64,
@@ -88,6 +93,7 @@ impl<'a> MemberEvent<'a> {
                 retry_in_secs: (retry_in.as_secs_f64() * 10.0).round() / 10.0,
             },
             Event::ConductorOk { peers } => MemberEvent::ConductorOk { peers: *peers },
+            Event::OriginDropped { url, reason } => MemberEvent::OriginDropped { url, reason },
             Event::Complete => MemberEvent::Complete {
                 download_seconds: json::seconds(clock.download_time()),
                 seconds: json::seconds(member.elapsed()),
@@ -109,6 +115,7 @@ impl<'a> MemberEvent<'a> {
             bytes_done: status.bytes_done,
             bytes_total: status.bytes_total,
             bytes_down: status.bytes_down,
+            bytes_from_origin: status.bytes_from_origin,
             bytes_up: status.bytes_up,
             peers: status.peers,
             rate,
@@ -243,6 +250,9 @@ impl Report for TerminalReport {
             Event::PartRejected { index, addr } => self.println(format!(
                 "part {index} from {addr} failed its checksum; peer dropped"
             )),
+            Event::OriginDropped { url, reason } => {
+                self.println(format!("origin {url} dropped: {reason}"))
+            }
             _ => {}
         }
     }
