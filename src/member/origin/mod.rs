@@ -125,10 +125,11 @@ pub fn start(shared: &Arc<Shared>) -> std::io::Result<()> {
 }
 
 /// One origin request slot: `slot` works only while the budget allows that many requests.
+/// It waits a turn only when it had nothing to do, so a busy slot asks again at once.
 fn work(shared: &Arc<Shared>, origins: &Origins, slot: usize) {
     let mut buffer = Vec::new();
-    while !shared.wait_for_shutdown(TURN) {
-        if shared.phase() != Phase::Fetching {
+    loop {
+        if shared.is_shutting_down() || shared.phase() != Phase::Fetching {
             return;
         }
         if origins.list.iter().all(|o| o.state.lock().dropped) {
@@ -137,25 +138,34 @@ fn work(shared: &Arc<Shared>, origins: &Origins, slot: usize) {
             }
             return;
         }
-        if origins.started.elapsed() < GRACE || slot >= budget(shared) {
-            continue;
-        }
-        let Some(origin) = origins.ready() else {
-            continue;
-        };
-        let Some(index) = pick(shared, origins) else {
-            continue;
-        };
-        let outcome = fetch(shared, origins, origin, index, &mut buffer);
-        if outcome.is_err() {
-            shared.picker.lock().release(index);
-        }
-        match outcome {
-            Ok(()) | Err(Failure::Stopped) => {}
-            Err(Failure::Retry(why)) => origin.back_off(index, &why),
-            Err(Failure::Changed(why)) => origin.strike(shared, index, &why),
+        let worked = turn(shared, origins, slot, &mut buffer);
+        if !worked && shared.wait_for_shutdown(TURN) {
+            return;
         }
     }
+}
+
+/// One request, if one is due now; false when there was none to make.
+fn turn(shared: &Arc<Shared>, origins: &Origins, slot: usize, buffer: &mut Vec<u8>) -> bool {
+    if origins.started.elapsed() < GRACE || slot >= budget(shared) {
+        return false;
+    }
+    let Some(origin) = origins.ready() else {
+        return false;
+    };
+    let Some(index) = pick(shared, origins) else {
+        return false;
+    };
+    let outcome = fetch(shared, origins, origin, index, buffer);
+    if outcome.is_err() {
+        shared.picker.lock().release(index);
+    }
+    match outcome {
+        Ok(()) | Err(Failure::Stopped) => {}
+        Err(Failure::Retry(why)) => origin.back_off(index, &why),
+        Err(Failure::Changed(why)) => origin.strike(shared, index, &why),
+    }
+    true
 }
 
 /// Origin requests allowed at once now (see the module docs).
@@ -241,19 +251,17 @@ fn fetch(
         state.retry_at = None;
     }
     let taken = std::mem::take(buffer);
-    match store_part(shared, index, taken, None) {
-        Ok((back, new)) => {
-            *buffer = back;
-            if new {
-                shared
-                    .counters
-                    .bytes_from_origin
-                    .fetch_add(span.len as u64, Ordering::Relaxed);
-            }
-            Ok(())
+    // A store that fails has failed the member (a disk error) and given the part back.
+    if let Ok((back, new)) = store_part(shared, index, taken, None) {
+        *buffer = back;
+        if new {
+            shared
+                .counters
+                .bytes_from_origin
+                .fetch_add(span.len as u64, Ordering::Relaxed);
         }
-        Err(_) => Err(Failure::Stopped),
     }
+    Ok(())
 }
 
 impl Origins {
