@@ -102,10 +102,14 @@ impl Picker {
 
     /// A part for a source outside the swarm (an HTTP origin), counted as in flight: one we
     /// lack and nobody is asked for, among those fewest connected peers have (with
-    /// `unavailable_only`, only one no connected peer has), at random among equals so that
-    /// members asking one origin at once rarely ask for the same part.
-    pub fn pick_outside(&mut self, unavailable_only: bool) -> Option<u32> {
-        let mut best: Option<(u32, u32)> = None; // (availability, index)
+    /// `unavailable_only`, only one no connected peer has). Parts of our `share` (`(rank, n)`:
+    /// those whose index is `rank` modulo `n`) come first, the first of them in file order,
+    /// so that members asking one origin at once take different parts and each one's parts
+    /// arrive near file order (the whole-file checksum follows them); past our share, a random
+    /// one, to keep away from the part its owner is fetching.
+    pub fn pick_outside(&mut self, unavailable_only: bool, share: (u32, u32)) -> Option<u32> {
+        let (rank, members) = share;
+        let mut best: Option<(bool, u32, u32)> = None; // (not ours, availability, index)
         let mut ties = 0u32;
         for index in self.first_missing..self.have.len() {
             let i = index as usize;
@@ -114,21 +118,22 @@ impl Picker {
             {
                 continue;
             }
+            let key = (index % members.max(1) != rank, available);
             match best {
-                Some((a, _)) if available > a => {}
-                Some((a, _)) if available == a => {
+                Some((o, a, _)) if key > (o, a) => {}
+                Some((o, a, _)) if key == (o, a) => {
                     ties += 1;
-                    if fastrand::u32(0..ties) == 0 {
-                        best = Some((a, index));
+                    if o && fastrand::u32(0..ties) == 0 {
+                        best = Some((o, a, index));
                     }
                 }
                 _ => {
-                    best = Some((available, index));
+                    best = Some((key.0, key.1, index));
                     ties = 1;
                 }
             }
         }
-        let (_, index) = best?;
+        let (_, _, index) = best?;
         self.in_flight[index as usize] += 1;
         Some(index)
     }
@@ -257,17 +262,22 @@ mod tests {
         }
         picker.peer_has(1);
         let asked = picker.pick(&theirs, &[], 100).unwrap();
-        let mut unavailable: Vec<u32> = (0..2).filter_map(|_| picker.pick_outside(true)).collect();
-        unavailable.sort();
-        assert_eq!(unavailable, vec![4, 5]);
-        assert_eq!(picker.pick_outside(true), None);
+        // Our share (odd parts of two members) first.
+        assert_eq!(picker.pick_outside(true, (1, 2)), Some(5));
+        assert_eq!(picker.pick_outside(true, (1, 2)), Some(4));
+        let mut in_order = rarest(Bitfield::new(10));
+        let picks: Vec<_> = (0..5)
+            .map(|_| in_order.pick_outside(true, (2, 3)))
+            .collect();
+        assert_eq!(picks[..3], [Some(2), Some(5), Some(8)]);
+        assert_eq!(picker.pick_outside(true, (1, 2)), None);
         // Then the rarest of those peers have that nobody is asked for.
-        let rest = picker.pick_outside(false).unwrap();
+        let rest = picker.pick_outside(false, (0, 1)).unwrap();
         assert!(rest != asked && rest != 0 && rest < 4, "{rest}");
         assert!(picker
-            .pick_outside(false)
+            .pick_outside(false, (0, 1))
             .is_some_and(|i| i != rest && i != asked));
-        assert_eq!(picker.pick_outside(false), None);
+        assert_eq!(picker.pick_outside(false, (0, 1)), None);
     }
 
     /// A policy that breaks the rules is refused, not obeyed.

@@ -45,7 +45,7 @@ const FED_BY_PEERS: usize = 2;
 /// Parts failing their checksum (or answers from a changed file) before an origin is dropped.
 pub const MAX_STRIKES: u32 = 3;
 /// How long after start the swarm has to say what it has before the origin is asked.
-const GRACE: Duration = Duration::from_millis(500);
+const GRACE: Duration = Duration::from_millis(200);
 /// The window over which the peers' delivery rate is measured.
 const RATE_WINDOW: Duration = Duration::from_secs(2);
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
@@ -185,7 +185,8 @@ fn budget(shared: &Shared) -> usize {
 
 /// The part to ask an origin for, counted as in flight; `None` when the swarm has it covered.
 fn pick(shared: &Shared, origins: &Origins) -> Option<u32> {
-    if let Some(index) = shared.picker.lock().pick_outside(true) {
+    let share = share(shared);
+    if let Some(index) = shared.picker.lock().pick_outside(true, share) {
         return Some(index);
     }
     let peers_rate = origins.peers_rate(shared)?;
@@ -193,7 +194,25 @@ fn pick(shared: &Shared, origins: &Origins) -> Option<u32> {
     if origin_rate.is_some_and(|origin| peers_rate >= origin) {
         return None;
     }
-    shared.picker.lock().pick_outside(false)
+    shared.picker.lock().pick_outside(false, share)
+}
+
+/// Our share of the parts nobody has: `(rank, n)`, our rank among ourselves and the connected
+/// peers still fetching, by peer id. Members that see the same peers (a full mesh) split the
+/// file between them without a word and ask the origin for different parts, where random
+/// picks would collide more and more often as the parts nobody has run out (in the testbed,
+/// about one part in eight came twice).
+fn share(shared: &Shared) -> (u32, u32) {
+    let peers = shared.peers.lock();
+    let fetching = peers.values().filter(|link| !link.peer_is_complete());
+    let (mut below, mut members) = (0u32, 1u32);
+    for link in fetching {
+        members += 1;
+        if link.peer_id < shared.peer_id {
+            below += 1;
+        }
+    }
+    (below, members)
 }
 
 fn fetch(
