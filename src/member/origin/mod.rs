@@ -6,7 +6,8 @@
 //!
 //! The swarm comes first. An origin is asked for a part only
 //! - when no connected peer has it (after a short grace at start, for the first peers to say
-//!   what they have), or
+//!   what they have), each member taking first its own share of those parts (see [`share`]),
+//!   or
 //! - when the peers together deliver less than one origin request does (measured), and then
 //!   only for a part nobody is asked for.
 //!
@@ -44,7 +45,8 @@ pub const MAX_IN_FLIGHT: usize = 3;
 const FED_BY_PEERS: usize = 2;
 /// Parts failing their checksum (or answers from a changed file) before an origin is dropped.
 pub const MAX_STRIKES: u32 = 3;
-/// How long after start the swarm has to say what it has before the origin is asked.
+/// How long after start the swarm has to say what it has before the origin is asked: a
+/// conductor answer, handshakes and have-maps take a few ms on a LAN.
 const GRACE: Duration = Duration::from_millis(200);
 /// The window over which the peers' delivery rate is measured.
 const RATE_WINDOW: Duration = Duration::from_secs(2);
