@@ -63,6 +63,11 @@ fn a_member_with_only_an_origin_completes() {
     assert_eq!(summary["bytes_from_origin"], sample.data.len() as u64);
     assert_eq!(summary["bytes_down"], sample.data.len() as u64);
     assert_eq!(nginx.partial_bytes_sent(), sample.data.len() as u64);
+    let said = std::fs::read_to_string(dir.with_extension("stderr.log")).unwrap();
+    assert!(
+        said.contains("done: 5.00 MiB (5.00 MiB from origins) down in"),
+        "{said}"
+    );
 }
 
 #[test]

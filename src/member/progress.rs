@@ -230,7 +230,8 @@ impl Summary {
         }
     }
 
-    /// `done: 48.0 MiB down in 2.3 s (20.9 MiB/s), 12.0 MiB up, 3 peers used, 0 parts rejected`
+    /// `done: 48.0 MiB down in 2.3 s (20.9 MiB/s), 12.0 MiB up, 3 peers used, 0 parts rejected`;
+    /// with an origin, `48.0 MiB down (6.00 MiB from origins) in ...`.
     pub fn line(&self) -> String {
         let tail = format!(
             "{}, {}",
@@ -254,8 +255,13 @@ impl Summary {
                 self.parts_total
             )
         };
+        let from_origins = if self.bytes_from_origin > 0 {
+            format!(" ({} from origins)", human_bytes(self.bytes_from_origin))
+        } else {
+            String::new()
+        };
         format!(
-            "{verdict}: {} down in {:.1} s ({}/s), {} up, {tail}",
+            "{verdict}: {}{from_origins} down in {:.1} s ({}/s), {} up, {tail}",
             human_bytes(self.bytes_down),
             self.download_seconds,
             human_bytes(self.rate_down as u64),
@@ -344,6 +350,11 @@ mod tests {
             "done: 1000 B down in 2.0 s (500 B/s), 0 B up, 2 peers used, 1 part rejected"
         );
         assert_eq!(done.rate_down, 500.0);
+        let mut from_origin = status(Phase::Sharing, 1000, 0);
+        from_origin.bytes_from_origin = 600;
+        assert!(Summary::new(&from_origin, &clock, Duration::from_secs(3))
+            .line()
+            .starts_with("done: 1000 B (600 B from origins) down in 2.0 s"));
         let stopped = Summary::new(
             &status(Phase::Fetching, 300, 0),
             &Clock::new(start, true),

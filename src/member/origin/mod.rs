@@ -361,3 +361,27 @@ impl Origin {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_urls() {
+        for good in [
+            "http://mirror.example/x.iso",
+            "https://10.0.0.1:8443/a/b?c=d",
+        ] {
+            assert_eq!(check_url(good).as_deref(), Ok(good));
+        }
+        for bad in [
+            "ftp://x/y",
+            "mirror.example/x",
+            "http://",
+            "https:///x",
+            "http://a b/c",
+        ] {
+            assert!(check_url(bad).is_err(), "{bad} accepted");
+        }
+    }
+}
