@@ -104,6 +104,42 @@ fn the_swarm_comes_before_the_origin() {
 }
 
 #[test]
+fn the_origin_helps_when_the_peers_are_slow() {
+    let conductor = start_conductor(&["--interval", "1s"]);
+    let sample = sample("slow.bin", 4 * 1024 * 1024, "64K", &conductor.addr, 7);
+    let Some((_nginx, url)) = nginx_for(&sample) else {
+        return;
+    };
+    // A seeder with every part, but at 256 KiB/s: 16 s for the file alone.
+    let (_seeder, _) = spawn_member(
+        "seeder",
+        &sample.orch_path,
+        &sample.seed_dir,
+        &["--max-upload-rate", "256KiB/s"],
+    );
+    wait_until(LIMIT, "the seeder to be announced", || {
+        listed(&conductor.addr, sample.orch.swarm_id()).is_ok_and(|peers| !peers.is_empty())
+    });
+    let dir = sample.dir("m");
+    let (mut member, events) = spawn_member(
+        "member",
+        &sample.orch_path,
+        &dir,
+        &["--origin", &url, "--exit-when-done"],
+    );
+    assert!(member.wait_exit(LIMIT).success());
+    sample.assert_copy(&dir, "member");
+    // Every part is at a connected peer, so only the second rule brings the origin in: the
+    // peers deliver less than an origin request does.
+    let summary = last_event(&events, "summary").unwrap();
+    let from_origin = summary["bytes_from_origin"].as_u64().unwrap();
+    assert!(
+        from_origin * 2 >= sample.data.len() as u64,
+        "only {from_origin} bytes from the origin"
+    );
+}
+
+#[test]
 fn a_file_changed_on_the_origin_is_detected_and_refused() {
     let conductor = start_conductor(&["--interval", "1s"]);
     let sample = sample("changes.bin", 4 * 1024 * 1024, "64K", &conductor.addr, 3);
