@@ -137,8 +137,17 @@ fn the_origin_helps_when_the_peers_are_slow() {
     );
     assert!(member.wait_exit(LIMIT).success());
     sample.assert_copy(&dir, "member");
+    eprintln!(
+        "{}",
+        std::fs::read_to_string(&events)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap()
+    );
     // Every part is at a connected peer, so only the second rule brings the origin in: the
-    // peers deliver less than an origin request does.
+    // peers deliver less than an origin request does. It also takes second copies of parts
+    // the seeder was asked for, or the download would wait for the seeder's queue to drain.
     let summary = last_event(&events, "summary").unwrap();
     let from_origin = summary["bytes_from_origin"].as_u64().unwrap();
     assert!(

@@ -9,7 +9,7 @@
 //!   what they have), each member taking first its own share of those parts (see [`share`]),
 //!   or
 //! - when the peers together deliver less than one origin request does (measured), and then
-//!   only for a part nobody is asked for.
+//!   for a part nobody is asked for, or else a second copy of one asked from a peer.
 //!
 //! At most [`MAX_IN_FLIGHT`] origin requests are out at once, and one once two peers are
 //! giving us parts: several members asking at once keep the origin's uplink busy, while a
@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::member::peer::store_part;
+use crate::member::picker::Outside;
 use crate::member::shared::{OnPanic, Shared};
 use crate::member::throttle::TokenBucket;
 use crate::member::{Event, Phase};
@@ -92,6 +93,8 @@ struct Origins {
     request_rate: Mutex<Option<f64>>,
     /// (when, bytes from peers then): the oldest sample within [`RATE_WINDOW`].
     peer_samples: Mutex<Vec<(Instant, u64)>>,
+    /// Parts being fetched from origins now. Taken before the picker's lock.
+    asked: Mutex<Vec<u32>>,
 }
 
 /// Starts the origin workers when the member has origins and parts to fetch.
@@ -115,6 +118,7 @@ pub fn start(shared: &Arc<Shared>) -> std::io::Result<()> {
         started: Instant::now(),
         request_rate: Mutex::new(None),
         peer_samples: Mutex::new(Vec::new()),
+        asked: Mutex::new(Vec::new()),
     });
     for slot in 0..MAX_IN_FLIGHT {
         let shared_for = Arc::clone(shared);
@@ -159,6 +163,7 @@ fn turn(shared: &Arc<Shared>, origins: &Origins, slot: usize, buffer: &mut Vec<u
         return false;
     };
     let outcome = fetch(shared, origins, origin, index, buffer);
+    origins.asked.lock().retain(|&i| i != index);
     if outcome.is_err() {
         shared.picker.lock().release(index);
     }
@@ -185,18 +190,33 @@ fn budget(shared: &Shared) -> usize {
     }
 }
 
-/// The part to ask an origin for, counted as in flight; `None` when the swarm has it covered.
+/// The part to ask an origin for, counted as in flight and noted in `origins.asked`; `None`
+/// when the swarm has it covered. Last comes a second copy of a part asked from a peer, when
+/// the peers are slow: else the download would wait for a slow peer's requests to drain.
 fn pick(shared: &Shared, origins: &Origins) -> Option<u32> {
     let share = share(shared);
-    if let Some(index) = shared.picker.lock().pick_outside(true, share) {
-        return Some(index);
-    }
-    let peers_rate = origins.peers_rate(shared)?;
-    let origin_rate = *origins.request_rate.lock();
-    if origin_rate.is_some_and(|origin| peers_rate >= origin) {
-        return None;
-    }
-    shared.picker.lock().pick_outside(false, share)
+    // Held while picking, so that no other origin request takes ours for a peer's.
+    let mut asked = origins.asked.lock();
+    let unavailable = shared
+        .picker
+        .lock()
+        .pick_outside(Outside::Unavailable, share, &asked);
+    let index = match unavailable {
+        Some(index) => index,
+        None => {
+            let peers_rate = origins.peers_rate(shared)?;
+            let origin_rate = *origins.request_rate.lock();
+            if origin_rate.is_some_and(|origin| peers_rate >= origin) {
+                return None;
+            }
+            let mut picker = shared.picker.lock();
+            picker
+                .pick_outside(Outside::Unrequested, share, &asked)
+                .or_else(|| picker.pick_outside(Outside::Duplicate, share, &asked))?
+        }
+    };
+    asked.push(index);
+    Some(index)
 }
 
 /// Our share of the parts nobody has: `(rank, n)`, our rank among ourselves and the connected
