@@ -212,3 +212,45 @@ fn read_body(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(stopping: &dyn Fn() -> bool) -> Limits<'_> {
+        Limits {
+            deadline: Instant::now() + Duration::from_secs(10),
+            idle: Duration::from_secs(1),
+            cap: None,
+            stopping,
+        }
+    }
+
+    #[test]
+    fn a_body_must_be_exactly_the_part() {
+        let never = || false;
+        let mut buffer = Vec::new();
+        let body: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        let exact = read_body(&body[..], body.len(), &limits(&never), &mut buffer);
+        assert_eq!(exact, Ok(()));
+        assert_eq!(buffer, body);
+        let short = read_body(&body[..1000], 1001, &limits(&never), &mut buffer);
+        assert_eq!(
+            short,
+            Err(Failure::Retry(
+                "the server closed after 1000 of 1001 bytes".into()
+            ))
+        );
+        let long = read_body(&body[..1001], 1000, &limits(&never), &mut buffer);
+        assert_eq!(
+            long,
+            Err(Failure::Retry(
+                "the body is longer than the part's 1000 bytes".into()
+            ))
+        );
+        assert_eq!(buffer.len(), 1000, "never read past the part");
+        let quitting = || true;
+        let stopped = read_body(&body[..], body.len(), &limits(&quitting), &mut buffer);
+        assert_eq!(stopped, Err(Failure::Stopped));
+    }
+}
