@@ -307,6 +307,25 @@ fn a_wrong_content_range_is_refused() {
 }
 
 #[test]
+fn https_to_a_server_that_does_not_speak_tls_is_refused() {
+    let sample = sample("tls.bin", 256 * 1024, "64K", NO_CONDUCTOR, 8);
+    let server = BadHttp::start(sample.data.clone(), Misbehaviour::WholeBody);
+    let url = server.url.replace("http://", "https://");
+    let dir = sample.dir("m");
+    let (mut member, _events) =
+        spawn_member("member", &sample.orch_path, &dir, &["--origin", &url]);
+    let log = dir.with_extension("stderr.log");
+    wait_until(LIMIT, "a failed TLS handshake in the member's log", || {
+        std::fs::read_to_string(&log).is_ok_and(|text| {
+            text.lines()
+                .any(|l| l.contains(&url) && l.contains("retrying"))
+        })
+    });
+    member.kill();
+    assert_only_verified_bytes(&sample, &dir);
+}
+
+#[test]
 fn an_origin_that_sends_bad_parts_is_dropped() {
     let sample = sample("corrupt.bin", 1024 * 1024, "64K", NO_CONDUCTOR, 6);
     let server = BadHttp::start(sample.data.clone(), Misbehaviour::Corrupt);
