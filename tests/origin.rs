@@ -344,7 +344,9 @@ fn an_origin_that_sends_bad_parts_is_dropped() {
     member.signal(libc::SIGTERM);
     member.wait_exit(LIMIT);
     let summary = last_event(&events, "summary").unwrap();
-    assert_eq!(summary["parts_rejected"], 3);
+    // Three strikes drop it; requests already out then (at most 2 more) fail too.
+    let rejected = summary["parts_rejected"].as_u64().unwrap();
+    assert!((3..=5).contains(&rejected), "{rejected} parts rejected");
     assert_eq!(summary["parts_done"], 0);
     assert_only_verified_bytes(&sample, &dir);
 }
