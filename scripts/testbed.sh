@@ -7,6 +7,8 @@
 #   scripts/testbed.sh --s1 --s6 --baseline    some of them (--s1 ... --s6, --baseline)
 #   scripts/testbed.sh --latency [--runs 3]    W1-W6 of issue 10: round trips 10-150 ms
 #   scripts/testbed.sh --calibrate             what the delay emulator does by itself
+#   scripts/testbed.sh --origin [--runs 3]     nginx as an HTTP origin + 7 members with --origin,
+#                                              no seeder member, 100 Mbit (issue 12)
 #   scripts/testbed.sh --help                  every option
 #
 # Every host is a network namespace (tnc-<runid>-hN) with one veth to a bridge that lives in a
@@ -431,6 +433,11 @@ SCENARIOS = {
                 seed=(100, 100), up=[100] * 7, down=[100] * 7, seeder_quits=1.05),
     "s6": dict(title="6: 1 seeder + 1 member at 1 Gbit vs curl", members=1, size=512,
                seed=(1000, 1000), up=[1000], down=[1000], versus_http=True, target=1.1),
+    # Issue 12: h1 is nginx, the members' only source (--origin), no seeder member. T_min is
+    # the same as with h1 as the seeder; "seeder sent" is what nginx sent (206 bodies).
+    "origin": dict(title="origin: nginx + 7 members with --origin, no seeder, 100 Mbit",
+                   members=7, size=128, seed=(100, 100), up=[100] * 7, down=[100] * 7,
+                   http_origin=True, target=1.3, copies=1.3),
     "baseline": dict(title="client-server: http.server + 7 curl, 100 Mbit", members=7,
                      size=128, seed=(100, 100), up=[100] * 7, down=[100] * 7, http_only=True),
 }
@@ -547,6 +554,54 @@ class Bench:
             raise Fatal(f"http.server did not start: {open(h.err_path).read().strip()}")
         return h
 
+    def nginx(self, net, orig, logdir):
+        """nginx on h1 serving the sample's folder: one process in the foreground (no workers,
+        no daemon, its own config and prefix in the run's folder, never the system service)."""
+        prefix = os.path.join(logdir, "nginx")
+        os.makedirs(os.path.join(prefix, "tmp"))
+        access = os.path.join(prefix, "access.log")
+        t = os.path.join(prefix, "tmp")
+        conf = os.path.join(prefix, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(f"""daemon off;
+master_process off;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log info;
+events {{ worker_connections 1024; }}
+http {{
+  log_format bytes '$status $body_bytes_sent "$http_range"';
+  access_log {access} bytes;
+  client_body_temp_path {t}/body; proxy_temp_path {t}/proxy; fastcgi_temp_path {t}/fastcgi;
+  uwsgi_temp_path {t}/uwsgi; scgi_temp_path {t}/scgi;
+  sendfile on;
+  keepalive_requests 100000;
+  server {{ listen {net.ip(1)}:{HTTP_PORT}; root {os.path.dirname(orig)}; }}
+}}
+""")
+        h = Proc(net, 1, "nginx", [shutil.which("nginx") or "/usr/sbin/nginx", "-p", prefix,
+                 "-e", os.path.join(prefix, "error.log"), "-c", conf], logdir, json_out=False)
+        def ready():
+            r = run(["ip", "netns", "exec", net.ns(1), "curl", "-s", "--noproxy", "*", "-o",
+                     "/dev/null", "-r", "0-0", f"http://{net.ip(1)}:{HTTP_PORT}/sample.bin"],
+                    check=False)
+            return r.returncode == 0
+        wait_for(lambda: ready() or not h.alive(), 15, "nginx")
+        if not h.alive():
+            raise Fatal(f"nginx did not start: {open(os.path.join(prefix, 'error.log')).read()}")
+        h.access_log = access
+        return h
+
+    @staticmethod
+    def partial_bytes(access_log):
+        """Body bytes of the 206 answers in an access log (the readiness probe's 1 byte too)."""
+        total = 0
+        with open(access_log) as f:
+            for line in f:
+                w = line.split()
+                if len(w) >= 2 and w[0] == "206":
+                    total += int(w[1])
+        return total
+
     # One run of one scenario on an existing network; returns a dict of results.
     def run_once(self, key, sc, net, run_no):
         args = self.args
@@ -584,8 +639,12 @@ class Bench:
                 server.stop()
             else:
                 cond = self.conductor(net, logdir)
-                seeder = self.seeder(net, orig, orch, logdir,
-                                     sc.get("seeder_args", []) + args.seeder_arg)
+                if sc.get("http_origin"):
+                    seeder = self.nginx(net, orig, logdir)
+                    origin_base = self.partial_bytes(seeder.access_log)
+                else:
+                    seeder = self.seeder(net, orig, orch, logdir,
+                                         sc.get("seeder_args", []) + args.seeder_arg)
                 sampler = Sampler(net, 0.1 if sc.get("seeder_quits") else 0.25,
                                   self._quitter(sc, seeder, F, res) if sc.get("seeder_quits")
                                   else None)
@@ -595,6 +654,9 @@ class Bench:
                 early_hosts = members[:len(members) - late]
                 late_hosts = members[len(members) - late:]
                 member_args = sc.get("member_args", []) + args.member_arg
+                if sc.get("http_origin"):
+                    member_args = member_args + [
+                        "--origin", f"http://{net.ip(1)}:{HTTP_PORT}/sample.bin"]
                 procs = [(h, self.member(net, h, orch, logdir, member_args))
                          for h in early_hosts]
                 if late_hosts:
@@ -626,8 +688,11 @@ class Bench:
                                 parts_done=e["parts_done"], parts_total=e["parts_total"],
                                 peers=e["peers"], stuck_since_s=round(since, 1),
                                 at_s=round(t_last, 1))
-                _, summ = seeder.last("summary")
-                seed_payload = summ["bytes_up"] if summ else None
+                if sc.get("http_origin"):
+                    seed_payload = self.partial_bytes(seeder.access_log) - origin_base
+                else:
+                    _, summ = seeder.last("summary")
+                    seed_payload = summ["bytes_up"] if summ else None
                 res["members_detail"] = {f"h{h}": member_detail(p) for h, p in procs}
                 if late_hosts:
                     t_end = max(p.t0 + (times[h] or 0) for h, p in procs if h in late_hosts)
@@ -1028,6 +1093,8 @@ def main():
         ap.add_argument(f"--{k}", action="store_true",
                         help="; ".join(SCENARIOS[x]["title"] for x in keys))
     ap.add_argument("--latency", action="store_true", help="W1 to W6 (issue 10)")
+    ap.add_argument("--origin", action="store_true", help=SCENARIOS["origin"]["title"]
+                    + " (needs nginx and curl)")
     ap.add_argument("--calibrate", action="store_true", help="measure the emulator by itself: "
                     "curl from http.server through it at 0, 10, 50, 100 ms RTT and at 100, 200, "
                     "1000 Mbit/s and unlimited")
@@ -1085,6 +1152,8 @@ def main():
 
     keys = [k for k in ("s1", "s2", "s3", "s4", "s5", "s5b", "s6", "baseline")
             if getattr(args, k) or args.all]
+    if args.origin:
+        keys.append("origin")
     keys += [x for k, xs in W_OPTIONS.items() if getattr(args, k) or args.latency for x in xs]
     if args.quick:
         keys = ["quick"] + keys
@@ -1101,7 +1170,10 @@ def main():
         for k in keys:
             SCENARIOS[k]["size"] = args.size
     wants_curl = args.calibrate or any(SCENARIOS[k].get("versus_http") or k == "baseline"
-                                       for k in keys)
+                                       or k == "origin" for k in keys)
+    if "origin" in keys and not shutil.which("nginx"):
+        log("error: nginx is needed for --origin (apt-get install -y nginx)")
+        return 2
     if wants_curl and not shutil.which("curl"):
         log("error: curl is needed for --s6, --baseline, --w1, --w2 and --calibrate "
             "(apt-get install -y curl)")

@@ -255,7 +255,7 @@ fn every_json_line_matches_docs_json_md() {
     let complete = events_named(&shared, "complete");
     assert_eq!(complete[0]["download_seconds"], 0.0, "nothing to fetch");
 
-    // --- member: a lying peer is caught (part_rejected, peer_dropped).
+    // --- member: a lying peer is caught (part_rejected, peer_dropped), a lying origin dropped.
     let other = start_conductor(&["--interval", "1s"]);
     let liar_orch = orch_for_conductor(&orch_path, &other.addr, &tmp.path().join("liar.orch"));
     // A peer that claims every part and corrupts each one it is asked for.
@@ -273,10 +273,18 @@ fn every_json_line_matches_docs_json_md() {
         TIMEOUT,
     )
     .unwrap();
-    let (mut victim, victim_out) = spawn_member("victim", &liar_orch, &tmp.path().join("v"), &[]);
-    wait_until(LIMIT, "a rejected part", || {
+    // And an HTTP origin that corrupts every part too (origin_dropped).
+    let bad_origin = BadHttp::start(data.clone(), Misbehaviour::Corrupt);
+    let (mut victim, victim_out) = spawn_member(
+        "victim",
+        &liar_orch,
+        &tmp.path().join("v"),
+        &["--origin", &bad_origin.url],
+    );
+    wait_until(LIMIT, "a rejected part and a dropped origin", || {
         last_event(&victim_out, "part_rejected").is_some()
             && last_event(&victim_out, "peer_dropped").is_some()
+            && last_event(&victim_out, "origin_dropped").is_some()
     });
     victim.signal(libc::SIGTERM);
     assert!(victim.wait_exit(LIMIT).success(), "SIGTERM is a clean quit");

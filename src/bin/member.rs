@@ -14,7 +14,7 @@ use torrentnchill::cli::{self, units, BarSlot};
 use torrentnchill::member::peer::MAX_QUEUED_UPLOADS as MAX_PIPELINE;
 use torrentnchill::member::report::{JsonReport, TerminalReport};
 use torrentnchill::member::session::{self, QuitSignal, Report, SessionOptions};
-use torrentnchill::member::{check, Member, MemberConfig};
+use torrentnchill::member::{check, origin, Member, MemberConfig};
 use torrentnchill::orch::{self, Orchestra};
 use torrentnchill::{json, sync::Mutex};
 
@@ -26,6 +26,8 @@ Examples:
   member x.orch --listen 0.0.0.0:7000      accept peers on a fixed port (default: any free port)
   member x.orch --max-upload-rate 20MB/s   send at most 20 MB/s to all peers together
   member x.orch --conductor t2.lan:9999    announce there instead of line 1 of the .orch
+  member x.orch --origin https://mirror.example/x.iso
+                                           also take parts the swarm lacks from a web server
   member x.orch --check --dir /data        check /data/FILE (or FILE.part) offline, list bad parts
   member --generate bash                   print bash completions (also zsh, fish, man)
 
@@ -78,12 +80,19 @@ struct Args {
     /// them, at most 16).
     #[arg(long, value_name = "HOST:PORT")]
     conductor: Vec<String>,
+    /// Also take parts from this HTTP(S) URL of the file (Range requests), when the swarm
+    /// does not have them or delivers less; every part is verified. Repeatable.
+    #[arg(long, value_name = "URL", value_parser = origin::check_url)]
+    origin: Vec<String>,
+    /// Most bytes per second taken from all origins together: 50MB/s, 400Mbit/s, 20MiB/s.
+    #[arg(long, value_name = "RATE", value_parser = units::parse_rate, requires = "origin")]
+    origin_max_rate: Option<u64>,
     /// Write logs to this file (its folder is created) instead of the terminal.
     #[arg(long, value_name = "PATH")]
     log_file: Option<PathBuf>,
     /// Check DIR/FILENAME (or DIR/FILENAME.part if only that exists) against the .orch without
     /// the network, list the bad parts and exit: 0 if complete and valid, 1 if not.
-    #[arg(long, conflicts_with_all = ["listen", "conductor", "exit_when_done", "max_peers", "peer_timeout", "pipeline", "max_upload_rate", "max_download_rate"])]
+    #[arg(long, conflicts_with_all = ["listen", "conductor", "exit_when_done", "max_peers", "peer_timeout", "pipeline", "max_upload_rate", "max_download_rate", "origin", "origin_max_rate"])]
     check: bool,
     /// Print shell completions or a man page and exit.
     #[arg(long, value_name = "WHAT", hide = true, exclusive = true)]
@@ -142,6 +151,8 @@ fn run(args: &Args, bar: &BarSlot) -> Result<i32, Failure> {
     config.max_upload_rate = args.max_upload_rate;
     config.max_download_rate = args.max_download_rate;
     config.conductors = args.conductor.clone();
+    config.origins = args.origin.clone();
+    config.origin_max_rate = args.origin_max_rate;
 
     // Set up first, so that a signal that comes while the file is checked still ends cleanly.
     let quit = Arc::new(QuitSignal::default());

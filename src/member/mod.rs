@@ -11,11 +11,13 @@
 //! book, announcer, dialer); [`picker`] keeps the facts behind every request and [`policy`]
 //! chooses the part; [`requests`] is one connection's requests in flight; [`storage`] keeps
 //! the file (on disk, or in memory for tests); [`fullhash`] checks the whole file while it
-//! arrives; [`spread`] is an origin seeder's policy; [`check`] is the offline `--check`.
+//! arrives; [`spread`] is an origin seeder's policy; [`origin`] takes parts from HTTP origins
+//! (`--origin`); [`check`] is the offline `--check`.
 
 pub mod bitfield;
 pub mod check;
 pub mod fullhash;
+pub mod origin;
 pub mod peer;
 pub mod picker;
 pub mod policy;
@@ -72,6 +74,10 @@ pub struct MemberConfig {
     /// Conductors to announce to instead of those on line 1 of the `.orch` (`--conductor`);
     /// empty: line 1's.
     pub conductors: Vec<String>,
+    /// HTTP(S) URLs of the file, asked for parts the swarm does not give (`--origin`).
+    pub origins: Vec<String>,
+    /// Cap in bytes per second over all origin requests (`--origin-max-rate`).
+    pub origin_max_rate: Option<u64>,
 }
 
 impl MemberConfig {
@@ -91,6 +97,8 @@ impl MemberConfig {
             max_download_rate: None,
             policy: policy::rarest_first,
             conductors: Vec::new(),
+            origins: Vec::new(),
+            origin_max_rate: None,
         }
     }
 }
@@ -119,6 +127,12 @@ pub enum Event {
     ConductorOk {
         conductor: String,
         peers: usize,
+    },
+    /// An HTTP origin served parts that failed their checksum, or a changed file, too often:
+    /// it is not asked again in this run.
+    OriginDropped {
+        url: String,
+        reason: String,
     },
     /// Every part is in and the whole file's checksum matched.
     Complete,
@@ -179,7 +193,10 @@ pub struct Status {
     pub parts_total: u32,
     pub bytes_done: u64,
     pub bytes_total: u64,
+    /// Verified bytes received, from peers and origins.
     pub bytes_down: u64,
+    /// Of those, the bytes from HTTP origins.
+    pub bytes_from_origin: u64,
     pub bytes_up: u64,
     pub peers: usize,
     /// Requests out to all peers, waiting for their parts.
@@ -271,7 +288,8 @@ impl Member {
                 }
             }
             peer::listener::start(&shared, listener)?;
-            swarm::start(&shared)
+            swarm::start(&shared)?;
+            origin::start(&shared)
         };
         threads()
             .context("cannot start the member's threads")
@@ -328,6 +346,7 @@ impl Member {
             bytes_done,
             bytes_total: s.orch.file_size,
             bytes_down: s.counters.bytes_down.load(Ordering::Relaxed),
+            bytes_from_origin: s.counters.bytes_from_origin.load(Ordering::Relaxed),
             bytes_up: s.counters.bytes_up.load(Ordering::Relaxed),
             peers,
             requests_out,

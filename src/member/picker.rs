@@ -9,6 +9,17 @@ use std::time::Instant;
 use super::bitfield::Bitfield;
 use super::policy::{Ask, PartsView, PiecePolicy};
 
+/// Which parts [`Picker::pick_outside`] may choose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outside {
+    /// Parts no connected peer has and nobody is asked for.
+    Unavailable,
+    /// Parts nobody is asked for.
+    Unrequested,
+    /// Parts asked from one peer only: a second copy, the endgame's.
+    Duplicate,
+}
+
 pub struct Picker {
     have: Bitfield,
     availability: Vec<u32>,
@@ -102,6 +113,53 @@ impl Picker {
             log::error!("the piece policy chose part {index}, which may not be requested");
             return None;
         }
+        self.in_flight[index as usize] += 1;
+        Some(index)
+    }
+
+    /// A part for a source outside the swarm (an HTTP origin), counted as in flight: one we
+    /// lack, of the kind `which` says, not in `already_asked` (that source's own requests),
+    /// among those fewest connected peers have. Parts of our `share` (`(rank, n)`: those whose
+    /// index is `rank` modulo `n`) come first, the first of them in file order, so that
+    /// members asking one origin at once take different parts and each one's parts arrive
+    /// near file order (the whole-file checksum follows them); past our share, a random one,
+    /// to keep away from the part its owner is fetching.
+    pub fn pick_outside(
+        &mut self,
+        which: Outside,
+        share: (u32, u32),
+        already_asked: &[u32],
+    ) -> Option<u32> {
+        let (rank, members) = share;
+        let mut best: Option<(bool, u32, u32)> = None; // (not ours, availability, index)
+        let mut ties = 0u32;
+        for index in self.first_missing..self.have.len() {
+            let i = index as usize;
+            let (available, in_flight) = (self.availability[i], self.in_flight[i]);
+            let wanted = match which {
+                Outside::Unavailable => in_flight == 0 && available == 0,
+                Outside::Unrequested => in_flight == 0,
+                Outside::Duplicate => in_flight == 1 && !already_asked.contains(&index),
+            };
+            if self.have.get(index) || !wanted {
+                continue;
+            }
+            let key = (index % members.max(1) != rank, available);
+            match best {
+                Some((o, a, _)) if key > (o, a) => {}
+                Some((o, a, _)) if key == (o, a) => {
+                    ties += 1;
+                    if o && fastrand::u32(0..ties) == 0 {
+                        best = Some((o, a, index));
+                    }
+                }
+                _ => {
+                    best = Some((key.0, key.1, index));
+                    ties = 1;
+                }
+            }
+        }
+        let (_, _, index) = best?;
         self.in_flight[index as usize] += 1;
         Some(index)
     }
@@ -231,6 +289,41 @@ mod tests {
         assert_eq!(picker.pick(&theirs, &[3], 1), Some(5));
         assert!(picker.complete(3));
         assert_eq!(picker.pick(&theirs, &[5], 1), Some(7));
+    }
+
+    #[test]
+    fn outside_picks_take_parts_nobody_has_or_is_asked_for() {
+        let mut have = Bitfield::new(6);
+        have.set(0);
+        let mut picker = rarest(have);
+        let mut theirs = Bitfield::new(6);
+        for i in [1, 2, 3] {
+            theirs.set(i);
+            picker.peer_has(i);
+        }
+        picker.peer_has(1);
+        let asked = picker.pick(&theirs, &[], 100).unwrap();
+        // Our share (odd parts of two members) first.
+        let unavailable =
+            |picker: &mut Picker, share| picker.pick_outside(Outside::Unavailable, share, &[]);
+        assert_eq!(unavailable(&mut picker, (1, 2)), Some(5));
+        assert_eq!(unavailable(&mut picker, (1, 2)), Some(4));
+        let mut in_order = rarest(Bitfield::new(10));
+        let picks: Vec<_> = (0..5).map(|_| unavailable(&mut in_order, (2, 3))).collect();
+        assert_eq!(picks[..3], [Some(2), Some(5), Some(8)]);
+        assert_eq!(unavailable(&mut picker, (1, 2)), None);
+        // Then the rarest of those peers have that nobody is asked for.
+        let unrequested = Outside::Unrequested;
+        let rest = picker.pick_outside(unrequested, (0, 1), &[]).unwrap();
+        assert!(rest != asked && rest != 0 && rest < 4, "{rest}");
+        let last = picker.pick_outside(unrequested, (0, 1), &[]).unwrap();
+        assert!(last != rest && last != asked);
+        assert_eq!(picker.pick_outside(unrequested, (0, 1), &[]), None);
+        // Then a second copy of one asked once, but not of our own requests.
+        let mine = [4, 5, rest, last];
+        let duplicate = picker.pick_outside(Outside::Duplicate, (0, 1), &mine);
+        assert_eq!(duplicate, Some(asked));
+        assert_eq!(picker.pick_outside(Outside::Duplicate, (0, 1), &mine), None);
     }
 
     /// A policy that breaks the rules is refused, not obeyed.

@@ -186,6 +186,7 @@ pub struct Summary {
     pub parts_done: u32,
     pub parts_total: u32,
     pub bytes_down: u64,
+    pub bytes_from_origin: u64,
     pub bytes_up: u64,
     /// The whole session, from joining the swarm to leaving it.
     pub seconds: f64,
@@ -216,6 +217,7 @@ impl Summary {
             parts_done: status.parts_done,
             parts_total: status.parts_total,
             bytes_down: status.bytes_down,
+            bytes_from_origin: status.bytes_from_origin,
             bytes_up: status.bytes_up,
             seconds: crate::json::seconds(session),
             download_seconds: crate::json::seconds(download),
@@ -228,7 +230,8 @@ impl Summary {
         }
     }
 
-    /// `done: 48.0 MiB down in 2.3 s (20.9 MiB/s), 12.0 MiB up, 3 peers used, 0 parts rejected`
+    /// `done: 48.0 MiB down in 2.3 s (20.9 MiB/s), 12.0 MiB up, 3 peers used, 0 parts rejected`;
+    /// with an origin, `48.0 MiB down (6.00 MiB from origins) in ...`.
     pub fn line(&self) -> String {
         let tail = format!(
             "{}, {}",
@@ -252,8 +255,13 @@ impl Summary {
                 self.parts_total
             )
         };
+        let from_origins = if self.bytes_from_origin > 0 {
+            format!(" ({} from origins)", human_bytes(self.bytes_from_origin))
+        } else {
+            String::new()
+        };
         format!(
-            "{verdict}: {} down in {:.1} s ({}/s), {} up, {tail}",
+            "{verdict}: {}{from_origins} down in {:.1} s ({}/s), {} up, {tail}",
             human_bytes(self.bytes_down),
             self.download_seconds,
             human_bytes(self.rate_down as u64),
@@ -274,6 +282,7 @@ mod tests {
             bytes_done,
             bytes_total: 1000,
             bytes_down: bytes_done,
+            bytes_from_origin: 0,
             bytes_up,
             peers: 1,
             requests_out: 0,
@@ -341,6 +350,11 @@ mod tests {
             "done: 1000 B down in 2.0 s (500 B/s), 0 B up, 2 peers used, 1 part rejected"
         );
         assert_eq!(done.rate_down, 500.0);
+        let mut from_origin = status(Phase::Sharing, 1000, 0);
+        from_origin.bytes_from_origin = 600;
+        assert!(Summary::new(&from_origin, &clock, Duration::from_secs(3))
+            .line()
+            .starts_with("done: 1000 B (600 B from origins) down in 2.0 s"));
         let stopped = Summary::new(
             &status(Phase::Fetching, 300, 0),
             &Clock::new(start, true),

@@ -39,6 +39,7 @@ pub enum MemberEvent<'a> {
         bytes_done: u64,
         bytes_total: u64,
         bytes_down: u64,
+        bytes_from_origin: u64,
         bytes_up: u64,
         peers: usize,
         rate: f64,
@@ -66,6 +67,10 @@ pub enum MemberEvent<'a> {
     ConductorOk {
         conductor: &'a str,
         peers: usize,
+    },
+    OriginDropped {
+        url: &'a str,
+        reason: &'a str,
     },
     Complete {
         download_seconds: f64,
@@ -99,6 +104,7 @@ impl<'a> MemberEvent<'a> {
                 conductor,
                 peers: *peers,
             },
+            Event::OriginDropped { url, reason } => MemberEvent::OriginDropped { url, reason },
             Event::Complete => MemberEvent::Complete {
                 download_seconds: json::seconds(clock.download_time()),
                 seconds: json::seconds(member.elapsed()),
@@ -120,6 +126,7 @@ impl<'a> MemberEvent<'a> {
             bytes_done: status.bytes_done,
             bytes_total: status.bytes_total,
             bytes_down: status.bytes_down,
+            bytes_from_origin: status.bytes_from_origin,
             bytes_up: status.bytes_up,
             peers: status.peers,
             rate,
@@ -253,6 +260,9 @@ impl Report for TerminalReport {
             Event::PartRejected { index, addr } => self.println(format!(
                 "part {index} from {addr} failed its checksum; peer dropped"
             )),
+            Event::OriginDropped { url, reason } => {
+                self.println(format!("origin {url} dropped: {reason}"))
+            }
             _ => {}
         }
     }

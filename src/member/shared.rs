@@ -34,7 +34,10 @@ use crate::wire::PeerId;
 /// Counters for the summary and the progress display.
 #[derive(Default)]
 pub struct Counters {
+    /// Verified bytes received, from peers and origins.
     pub bytes_down: AtomicU64,
+    /// Of those, the bytes from HTTP origins.
+    pub bytes_from_origin: AtomicU64,
     pub bytes_up: AtomicU64,
     pub parts_rejected: AtomicU64,
 }

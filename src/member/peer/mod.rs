@@ -26,7 +26,7 @@ use anyhow::{bail, Result};
 use super::bitfield::Bitfield;
 use super::requests::Requests;
 use super::shared::{OnPanic, Shared};
-use super::Event;
+use super::{Event, FailureKind};
 use crate::sync::Mutex;
 use crate::wire::{PeerId, PeerMessage};
 use outbox::{Outbox, Outgoing};
@@ -271,11 +271,58 @@ pub fn offer_held_back(shared: &Shared) {
     }
 }
 
-/// Tells every peer about a part we just stored, and cancels the endgame duplicates of it.
-pub fn announce_part(shared: &Shared, index: u32, from: &PeerLink) {
+/// Stores a verified part that came from `from` (a peer, or `None` for an HTTP origin): writes
+/// it, hands the buffer to the whole-file hasher, marks it ours and announces it, and starts
+/// the finisher after the last part. Returns a buffer for the caller's next part and whether
+/// the part was new (not an endgame duplicate that lost the race). A disk error fails the
+/// member.
+pub fn store_part(
+    shared: &Arc<Shared>,
+    index: u32,
+    buffer: Vec<u8>,
+    from: Option<&PeerLink>,
+) -> Result<(Vec<u8>, bool)> {
+    let Some(span) = shared.orch.part_span(index) else {
+        bail!("part {index} is not in the file");
+    };
+    if shared.picker.lock().have().get(index) {
+        return Ok((buffer, false)); // an endgame duplicate that lost the race
+    }
+    if let Err(e) = shared.storage.write_at(span.offset, &buffer) {
+        shared.picker.lock().release(index);
+        shared.fail(
+            FailureKind::Disk,
+            format!("cannot write {}: {e}", shared.storage.name()),
+        );
+        bail!("disk error");
+    }
+    // Hand the buffer to the whole-file hasher before the part counts as ours, so that the
+    // hasher finds it there rather than reading it back from disk.
+    let buffer = shared.full_hash.part_done(index, buffer);
+    let (new, done) = {
+        let mut picker = shared.picker.lock();
+        (picker.complete(index), picker.is_complete())
+    };
+    if new {
+        shared
+            .counters
+            .bytes_down
+            .fetch_add(span.len as u64, Ordering::Relaxed);
+        announce_part(shared, index, from);
+        if done {
+            shared.all_parts_in();
+        }
+    }
+    Ok((buffer, new))
+}
+
+/// Tells every peer about a part we just stored, and cancels the endgame duplicates of it
+/// (on every connection but the one it came from).
+fn announce_part(shared: &Shared, index: u32, from: Option<&PeerLink>) {
     let peers: Vec<Arc<PeerLink>> = shared.peers.lock().values().cloned().collect();
     for link in peers {
-        if !std::ptr::eq(Arc::as_ptr(&link), from) && link.requests.lock().cancel(index) {
+        let source = from.is_some_and(|from| std::ptr::eq(Arc::as_ptr(&link), from));
+        if !source && link.requests.lock().cancel(index) {
             link.send(PeerMessage::Cancel(index));
         }
         link.send(PeerMessage::Have(index));

@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Result};
 
 use super::outbox::MAX_QUEUED_UPLOADS;
-use super::{announce_part, PeerLink};
+use super::{store_part, PeerLink};
 use crate::member::bitfield::Bitfield;
 use crate::member::requests::Pipeline;
 use crate::member::shared::Shared;
 use crate::member::throttle::CHUNK;
-use crate::member::{Event, FailureKind};
+use crate::member::Event;
 use crate::net::DeadlineStream;
 use crate::orch::Checksum;
 use crate::wire::{LineReader, PeerMessage, WireError, MAX_PEX};
@@ -254,38 +254,11 @@ impl<'a> Conversation<'a> {
             });
             return Err(self.misbehaved(format!("part {index} failed its checksum")));
         }
-        let Some(span) = shared.orch.part_span(index) else {
-            bail!("part {index} is not in the file");
-        };
-        if shared.picker.lock().have().get(index) {
-            return Ok(()); // an endgame duplicate that lost the race
-        }
-        if let Err(e) = shared.storage.write_at(span.offset, &self.buffer) {
-            shared.picker.lock().release(index);
-            shared.fail(
-                FailureKind::Disk,
-                format!("cannot write {}: {e}", shared.storage.name()),
-            );
-            bail!("disk error");
-        }
-        // Hand the buffer to the whole-file hasher before the part counts as ours, so that the
-        // hasher finds it there rather than reading it back from disk.
         let buffer = std::mem::take(&mut self.buffer);
-        self.buffer = shared.full_hash.part_done(index, buffer);
-        let (new, done) = {
-            let mut picker = shared.picker.lock();
-            (picker.complete(index), picker.is_complete())
-        };
+        let (buffer, new) = store_part(shared, index, buffer, Some(self.link))?;
+        self.buffer = buffer;
         if new {
-            shared
-                .counters
-                .bytes_down
-                .fetch_add(len as u64, Ordering::Relaxed);
             shared.note_peer_used(self.link.peer_id);
-            announce_part(shared, index, self.link);
-            if done {
-                shared.all_parts_in();
-            }
         }
         Ok(())
     }
