@@ -16,5 +16,6 @@ pub mod json;
 pub mod member;
 pub mod net;
 pub mod orch;
+pub mod secure;
 pub mod sync;
 pub mod wire;
