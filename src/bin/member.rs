@@ -16,6 +16,7 @@ use torrentnchill::member::report::{JsonReport, TerminalReport};
 use torrentnchill::member::session::{self, QuitSignal, Report, SessionOptions};
 use torrentnchill::member::{check, Member, MemberConfig};
 use torrentnchill::orch::Orchestra;
+use torrentnchill::secure::{self, SwarmSecret};
 use torrentnchill::{json, sync::Mutex};
 
 const EXAMPLES: &str = "\
@@ -25,6 +26,7 @@ Examples:
   member x.orch --exit-when-done --json    for scripts: JSON events, exit 0 once verified
   member x.orch --listen 0.0.0.0:7000      accept peers on a fixed port (default: any free port)
   member x.orch --max-upload-rate 20MB/s   send at most 20 MB/s to all peers together
+  member x.orch --key /secure/x.orch.key  a private swarm's key kept elsewhere (default: x.orch.key)
   member x.orch --check --dir /data        check /data/FILE (or FILE.part) offline, list bad parts
   member --generate bash                   print bash completions (also zsh, fish, man)
 
@@ -73,6 +75,9 @@ struct Args {
     /// Most bytes per second received from all peers together.
     #[arg(long, value_name = "RATE", value_parser = units::parse_rate)]
     max_download_rate: Option<u64>,
+    /// The key file of a private swarm (default: FILE.orch.key beside the .orch, if there).
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
     /// Write logs to this file (its folder is created) instead of the terminal.
     #[arg(long, value_name = "PATH")]
     log_file: Option<PathBuf>,
@@ -116,6 +121,22 @@ fn read_orch(args: &Args) -> Result<(&std::path::Path, Orchestra), Failure> {
     Ok((path, Orchestra::read(path).or_exit(exit::BAD_ORCH)?))
 }
 
+/// The private swarm's secret: `--key`, else `FILE.orch.key` beside the .orch when it exists;
+/// none for a public swarm.
+fn read_key(args: &Args, orch_path: &std::path::Path) -> Result<Option<SwarmSecret>, Failure> {
+    let path = match &args.key {
+        Some(path) => path.clone(),
+        None => {
+            let beside = secure::key_path(orch_path);
+            if !beside.exists() {
+                return Ok(None);
+            }
+            beside
+        }
+    };
+    Ok(Some(SwarmSecret::load(&path).or_exit(exit::BAD_ORCH)?))
+}
+
 fn run(args: &Args, bar: &BarSlot) -> Result<i32, Failure> {
     let (orch_path, orch) = read_orch(args)?;
     if args.peer_timeout < Duration::from_millis(100) {
@@ -130,6 +151,7 @@ fn run(args: &Args, bar: &BarSlot) -> Result<i32, Failure> {
     config.pipeline = args.pipeline.map(usize::from);
     config.max_upload_rate = args.max_upload_rate;
     config.max_download_rate = args.max_download_rate;
+    config.secret = read_key(args, orch_path)?;
 
     // Set up first, so that a signal that comes while the file is checked still ends cleanly.
     let quit = Arc::new(QuitSignal::default());

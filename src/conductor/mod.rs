@@ -44,8 +44,10 @@
 mod admission;
 mod client;
 mod events;
+mod private;
 mod registry;
 mod server;
+mod signed;
 
 use std::fmt;
 use std::io;
@@ -57,9 +59,10 @@ use crate::cli::exit::{self, Failure};
 use crate::orch::SwarmId;
 
 pub use crate::wire::ConductorStats;
-pub use client::{announce, announce_unless, leave, stats};
+pub use client::{announce, announce_unless, leave, stats, Cancelled};
 pub use events::{ConductorEvent, StatsEvent, EVENT_QUEUE};
 pub use registry::source_of;
+pub use signed::{announce_signed, leave_signed};
 
 /// Where the conductor listens unless told otherwise.
 pub const DEFAULT_LISTEN: SocketAddr =

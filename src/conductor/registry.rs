@@ -144,6 +144,7 @@ pub(super) enum Change {
     Restarted,
 }
 
+#[derive(Clone, Copy)]
 pub(super) struct Limits {
     pub(super) max_swarms: usize,
     pub(super) max_swarm_members: usize,

@@ -31,6 +31,7 @@ use log::{debug, info, warn};
 
 use super::admission::{hard_cap, stamp, Conn, Connections};
 use super::events::{ConductorEvent, EventSink, EVENT_QUEUE};
+use super::private::Private;
 use super::registry::{source_of, Change, Limits, Registry, MAX_EXPIRY_LINES};
 use super::{short, ConductorConfig, StartError, LOG_TARGET};
 use crate::net::{self, DeadlineStream};
@@ -98,6 +99,8 @@ pub(super) struct Shared {
     pub(super) local_addr: SocketAddr,
     started: Instant,
     registry: Mutex<Registry>,
+    /// Private swarms: their own table, and failed signatures per address.
+    private: Private,
     connections: Mutex<Connections>,
     /// Connections turned away for lack of room since the last summary.
     turned_away: AtomicU64,
@@ -139,6 +142,7 @@ impl Shared {
             local_addr,
             started: now,
             registry: Mutex::new(Registry::new(limits, now, events)),
+            private: Private::new(limits, now),
             connections: Mutex::new(connections),
             turned_away: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
@@ -161,7 +165,7 @@ impl Shared {
     }
 
     pub(super) fn stats(&self) -> ConductorStats {
-        self.registry().stats(Instant::now())
+        all_stats(self, Instant::now())
     }
 
     pub(super) fn clients(&self) -> usize {
@@ -227,9 +231,10 @@ pub(super) fn stop(shared: &Shared, threads: Threads) -> ConductorStats {
     wake_accept(shared);
     let _ = threads.accept.join();
     let _ = threads.reaper.join();
+    let stats = all_stats(shared, Instant::now());
+    let failures = shared.private.failures.total();
     let mut registry = shared.registry();
-    let stats = registry.stats(Instant::now());
-    let summary = ConductorEvent::summary(&stats, shared.started.elapsed(), true);
+    let summary = ConductorEvent::summary(&stats, failures, shared.started.elapsed(), true);
     registry.events.send(summary);
     registry.events.close();
     stats
@@ -472,6 +477,8 @@ fn converse(shared: &Shared, conn: &Conn, peer: SocketAddr) -> Result<(), WireEr
     // An IPv4 client of a dual-stack socket shows up as ::ffff:a.b.c.d; other members must be
     // given the plain IPv4 address.
     let ip = peer.ip().to_canonical();
+    // The nonce of this connection's last CHALLENGE, for one signed request.
+    let mut challenge = None;
     loop {
         let request = match reader.read_line() {
             Ok(line) => ConductorRequest::parse(line),
@@ -485,7 +492,17 @@ fn converse(shared: &Shared, conn: &Conn, peer: SocketAddr) -> Result<(), WireEr
         writer.set_deadline(Instant::now() + config.write_timeout);
         match request {
             Ok(request) => {
-                let reply = answer(shared, ip, request);
+                let reply = match request {
+                    request @ (ConductorRequest::Challenge | ConductorRequest::Signed { .. }) => {
+                        let in_private = |registry: &Mutex<Registry>, request| {
+                            answer_in(shared, registry, ip, request)
+                        };
+                        shared
+                            .private
+                            .answer(ip, request, &mut challenge, in_private)
+                    }
+                    request => answer(shared, ip, request),
+                };
                 // A client that does not take its reply is as evictable as an idle one.
                 conn.wait(stamp(origin, Instant::now()));
                 reply.write_to(&mut writer)?;
@@ -518,7 +535,31 @@ fn linger_and_close(stream: &TcpStream) {
     let _ = io::copy(&mut drain.take(LINGER_BYTES), &mut io::sink());
 }
 
+/// Counters over the public and the private tables.
+fn all_stats(shared: &Shared, now: Instant) -> ConductorStats {
+    let public = shared.registry().stats(now);
+    let private = shared.private.registry.lock().stats(now);
+    ConductorStats {
+        swarms: public.swarms + private.swarms,
+        members: public.members + private.members,
+        announces_per_sec: public.announces_per_sec + private.announces_per_sec,
+    }
+}
+
 fn answer(shared: &Shared, ip: IpAddr, request: ConductorRequest) -> ConductorReply {
+    match request {
+        ConductorRequest::Stats => ConductorReply::Stats(all_stats(shared, Instant::now())),
+        request => answer_in(shared, &shared.registry, ip, request),
+    }
+}
+
+/// Answers `ANNOUNCE` and `LEAVE` from the member table `registry` (public or private).
+fn answer_in(
+    shared: &Shared,
+    registry: &Mutex<Registry>,
+    ip: IpAddr,
+    request: ConductorRequest,
+) -> ConductorReply {
     let now = Instant::now();
     match request {
         ConductorRequest::Announce {
@@ -527,7 +568,7 @@ fn answer(shared: &Shared, ip: IpAddr, request: ConductorRequest) -> ConductorRe
             port,
         } => {
             let addr = SocketAddr::new(ip, port);
-            let result = shared.registry().announce(swarm, addr, peer_id, now);
+            let result = registry.lock().announce(swarm, addr, peer_id, now);
             match result {
                 Ok((change, peers)) => {
                     match change {
@@ -558,13 +599,13 @@ fn answer(shared: &Shared, ip: IpAddr, request: ConductorRequest) -> ConductorRe
             port,
         } => {
             let addr = SocketAddr::new(ip, port);
-            let removed = shared.registry().leave(swarm, addr, peer_id);
+            let removed = registry.lock().leave(swarm, addr, peer_id);
             if removed {
                 info!(target: LOG_TARGET, "leave {} {addr}", short(&swarm));
             }
             ConductorReply::Ok
         }
-        ConductorRequest::Stats => ConductorReply::Stats(shared.registry().stats(now)),
+        _ => ConductorReply::Error("not a member request".into()),
     }
 }
 
@@ -579,7 +620,11 @@ fn reap(shared: &Shared) {
         let now = Instant::now();
         // Early in the process's life no member can be that old yet.
         let expired = match now.checked_sub(max_age) {
-            Some(cutoff) => shared.registry().expire(cutoff),
+            Some(cutoff) => {
+                let mut expired = shared.registry().expire(cutoff);
+                expired.extend(shared.private.registry.lock().expire(cutoff));
+                expired
+            }
             None => Vec::new(),
         };
         for (swarm, addr) in expired.iter().take(MAX_EXPIRY_LINES) {
@@ -602,14 +647,16 @@ fn reap(shared: &Shared) {
 /// The summary: an event with the member counts, and a log line with the connection counters
 /// since the last one too.
 fn summarize(shared: &Shared, now: Instant) {
-    let (stats, refused) = {
+    let private_refused = shared.private.registry.lock().take_refused();
+    let stats = all_stats(shared, now);
+    let failures = shared.private.failures.total();
+    let refused = {
         let mut registry = shared.registry();
-        let stats = registry.stats(now);
         let uptime = now.saturating_duration_since(shared.started);
         registry
             .events
-            .send(ConductorEvent::summary(&stats, uptime, false));
-        (stats, registry.take_refused())
+            .send(ConductorEvent::summary(&stats, failures, uptime, false));
+        registry.take_refused() + private_refused
     };
     let turned_away = shared.turned_away.swap(0, Ordering::Relaxed);
     let evicted = shared.evicted.swap(0, Ordering::Relaxed);
@@ -617,6 +664,6 @@ fn summarize(shared: &Shared, now: Instant) {
     let (clients, sources) = shared.connections().clients();
     info!(
         target: LOG_TARGET,
-        "{stats}  clients: {clients} from {sources} addresses  refused: {refused}  busy: {turned_away}  evicted: {evicted}  silent: {silent}",
+        "{stats}  clients: {clients} from {sources} addresses  refused: {refused}  busy: {turned_away}  evicted: {evicted}  silent: {silent}  auth failures: {failures}",
     );
 }

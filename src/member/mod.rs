@@ -40,6 +40,7 @@ use anyhow::Context;
 
 use crate::cli::exit;
 use crate::orch::{Orchestra, SwarmId};
+use crate::secure::SwarmSecret;
 use picker::Picker;
 use policy::PolicyFactory;
 use shared::Shared;
@@ -69,6 +70,9 @@ pub struct MemberConfig {
     pub max_download_rate: Option<u64>,
     /// Which part to ask for next.
     pub policy: PolicyFactory,
+    /// A private swarm's secret (its key file): every peer link proves it and is encrypted,
+    /// and conductor requests are signed. `None`: the public swarm of the `.orch`.
+    pub secret: Option<SwarmSecret>,
 }
 
 impl MemberConfig {
@@ -87,6 +91,7 @@ impl MemberConfig {
             max_upload_rate: None,
             max_download_rate: None,
             policy: policy::rarest_first,
+            secret: None,
         }
     }
 }

@@ -1,12 +1,16 @@
 //! The writer side of one connection: control lines first, then parts, a `PING` when there has
 //! been nothing to send for a third of the peer timeout.
+//!
+//! A part goes from the file to the socket with `sendfile` on a plain link. A sealed link (a
+//! private swarm) must encrypt it, so it is read into a buffer (`pread`, one [`CHUNK`] at a
+//! time), sealed into frames and written with the frames gathered into large writes.
 
-use std::io::{BufWriter, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::sync::atomic::Ordering;
 
 use anyhow::Result;
 
+use super::link::PeerOut;
 use super::outbox::{Next, Outgoing};
 use super::PeerLink;
 use crate::member::shared::Shared;
@@ -14,9 +18,11 @@ use crate::member::throttle::CHUNK;
 use crate::orch::Span;
 use crate::wire::{have_map_len, PeerMessage};
 
+/// Bytes of a part read from storage at once on a sealed link.
+const SEALED_READ: usize = 1 << 20;
+
 /// The writer side of one connection: control lines first, then parts.
-pub fn write_loop(shared: &Shared, link: &PeerLink, stream: TcpStream) -> Result<()> {
-    let mut out = BufWriter::with_capacity(64 << 10, &stream);
+pub fn write_loop(shared: &Shared, link: &PeerLink, mut out: PeerOut) -> Result<()> {
     let ping_every = shared.config.peer_timeout / 3;
     loop {
         let item = match link
@@ -49,8 +55,7 @@ pub fn write_loop(shared: &Shared, link: &PeerLink, stream: TcpStream) -> Result
                 let len = span.len;
                 let sent = out
                     .write_all(PeerMessage::Piece { index, len }.to_line().as_bytes())
-                    .and_then(|()| out.flush())
-                    .and_then(|()| send_part(shared, &stream, span))
+                    .and_then(|()| send_part(shared, &mut out, span))
                     .map_err(|e| anyhow::anyhow!("sending part {index}: {e}"));
                 link.outbox.upload_done();
                 shared.note_uploads_changed();
@@ -76,19 +81,41 @@ pub fn write_loop(shared: &Shared, link: &PeerLink, stream: TcpStream) -> Result
 }
 
 /// Sends the part's bytes, in chunks that each wait for the upload cap when there is one.
-fn send_part(shared: &Shared, stream: &TcpStream, span: Span) -> std::io::Result<()> {
-    let Some(cap) = &shared.upload_cap else {
-        return shared.storage.send_to(stream, span);
-    };
+fn send_part(shared: &Shared, out: &mut PeerOut, span: Span) -> std::io::Result<()> {
+    if let Some(stream) = out.raw_socket()? {
+        let Some(cap) = &shared.upload_cap else {
+            return shared.storage.send_to(stream, span);
+        };
+        let mut done = 0;
+        while done < span.len {
+            let len = (span.len - done).min(CHUNK);
+            cap.take(len);
+            let chunk = Span {
+                offset: span.offset + done as u64,
+                len,
+            };
+            shared.storage.send_to(stream, chunk)?;
+            done += len;
+        }
+        return Ok(());
+    }
+    // Sealed: read, then seal and write; the frames reach the socket at the next flush or
+    // when the sealer's buffer is full.
+    let mut buffer = vec![0u8; span.len.min(SEALED_READ)];
     let mut done = 0;
     while done < span.len {
-        let len = (span.len - done).min(CHUNK);
-        cap.take(len);
-        let chunk = Span {
-            offset: span.offset + done as u64,
-            len,
-        };
-        shared.storage.send_to(stream, chunk)?;
+        let len = (span.len - done).min(SEALED_READ);
+        if let Some(cap) = &shared.upload_cap {
+            let mut taken = 0;
+            while taken < len {
+                let step = (len - taken).min(CHUNK);
+                cap.take(step);
+                taken += step;
+            }
+        }
+        let chunk = &mut buffer[..len];
+        shared.storage.read_at(span.offset + done as u64, chunk)?;
+        out.write_all(chunk)?;
         done += len;
     }
     Ok(())

@@ -18,14 +18,7 @@ pub fn announce_loop(shared: &Shared) {
     let mut backoff = Duration::from_secs(1);
     loop {
         let stopping = || shared.is_shutting_down();
-        let wait = match conductor::announce_unless(
-            &shared.orch.conductor,
-            shared.swarm,
-            shared.peer_id,
-            shared.listen_port,
-            CONDUCTOR_TIMEOUT,
-            &stopping,
-        ) {
+        let wait = match announce_once(shared, &stopping) {
             Ok((interval, peers)) => {
                 backoff = Duration::from_secs(1);
                 log::debug!(
@@ -60,15 +53,26 @@ pub fn announce_loop(shared: &Shared) {
     }
 }
 
+/// One announce: signed with the swarm's key in a private swarm.
+fn announce_once(
+    shared: &Shared,
+    stopping: conductor::Cancelled,
+) -> anyhow::Result<(Duration, Vec<std::net::SocketAddr>)> {
+    let (to, id, port) = (&shared.orch.conductor, shared.peer_id, shared.listen_port);
+    match &shared.keys {
+        Some(keys) => conductor::announce_signed(to, keys, id, port, CONDUCTOR_TIMEOUT, stopping),
+        None => conductor::announce_unless(to, shared.swarm, id, port, CONDUCTOR_TIMEOUT, stopping),
+    }
+}
+
 /// Tells the conductor we are leaving, waiting at most `timeout`.
 pub fn leave(shared: &Shared, timeout: Duration) {
-    if let Err(e) = conductor::leave(
-        &shared.orch.conductor,
-        shared.swarm,
-        shared.peer_id,
-        shared.listen_port,
-        timeout,
-    ) {
+    let (to, id, port) = (&shared.orch.conductor, shared.peer_id, shared.listen_port);
+    let left = match &shared.keys {
+        Some(keys) => conductor::leave_signed(to, keys, id, port, timeout),
+        None => conductor::leave(to, shared.swarm, id, port, timeout),
+    };
+    if let Err(e) = left {
         log::debug!("could not tell the conductor we are leaving: {e:#}");
     }
 }
