@@ -221,6 +221,7 @@ mod tests {
             serde_json::to_string(&ConductorEvent::ExpireMore { count: 17 }),
             serde_json::to_string(&ConductorEvent::summary(
                 &stats,
+                0,
                 Duration::from_micros(61_234_567),
                 true,
             )),

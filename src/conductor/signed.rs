@@ -132,5 +132,5 @@ fn talk(
     writer
         .write_all(signed.to_line().as_bytes())
         .context("cannot send the request")?;
-    Ok(ConductorReply::read_from(&mut reader).context("no valid reply")?)
+    ConductorReply::read_from(&mut reader).context("no valid reply")
 }
