@@ -3,7 +3,7 @@
 //! replaying costs a stranger a minute per handful of tries. Members and the conductor each
 //! keep one table.
 //!
-//! The table is bounded ([`MAX_ADDRESSES`]): when full, entries with nothing recent are
+//! The table is bounded (4,096 addresses): when full, entries with nothing recent are
 //! forgotten first, then the oldest. Forgetting an address only forgets its count.
 
 use std::collections::HashMap;

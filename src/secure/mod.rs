@@ -195,7 +195,7 @@ impl SwarmKeys {
         &self.psk
     }
 
-    /// Signs a conductor request (see [`conductor_message`]).
+    /// Signs a conductor request: the fields of [`SignedFields`] under a label.
     pub fn sign_request(&self, request: &SignedFields) -> [u8; 64] {
         self.signing.sign(&conductor_message(request)).to_bytes()
     }
