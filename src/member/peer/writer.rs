@@ -24,6 +24,8 @@ const SEALED_READ: usize = 1 << 20;
 /// The writer side of one connection: control lines first, then parts.
 pub fn write_loop(shared: &Shared, link: &PeerLink, mut out: PeerOut) -> Result<()> {
     let ping_every = shared.config.peer_timeout / 3;
+    // A sealed link reads parts into this, allocated once.
+    let mut buffer = Vec::new();
     loop {
         let item = match link
             .outbox
@@ -55,7 +57,7 @@ pub fn write_loop(shared: &Shared, link: &PeerLink, mut out: PeerOut) -> Result<
                 let len = span.len;
                 let sent = out
                     .write_all(PeerMessage::Piece { index, len }.to_line().as_bytes())
-                    .and_then(|()| send_part(shared, &mut out, span))
+                    .and_then(|()| send_part(shared, &mut out, span, &mut buffer))
                     .map_err(|e| anyhow::anyhow!("sending part {index}: {e}"));
                 link.outbox.upload_done();
                 shared.note_uploads_changed();
@@ -81,7 +83,12 @@ pub fn write_loop(shared: &Shared, link: &PeerLink, mut out: PeerOut) -> Result<
 }
 
 /// Sends the part's bytes, in chunks that each wait for the upload cap when there is one.
-fn send_part(shared: &Shared, out: &mut PeerOut, span: Span) -> std::io::Result<()> {
+fn send_part(
+    shared: &Shared,
+    out: &mut PeerOut,
+    span: Span,
+    buffer: &mut Vec<u8>,
+) -> std::io::Result<()> {
     if let Some(stream) = out.raw_socket()? {
         let Some(cap) = &shared.upload_cap else {
             return shared.storage.send_to(stream, span);
@@ -101,7 +108,10 @@ fn send_part(shared: &Shared, out: &mut PeerOut, span: Span) -> std::io::Result<
     }
     // Sealed: read, then seal and write; the frames reach the socket at the next flush or
     // when the sealer's buffer is full.
-    let mut buffer = vec![0u8; span.len.min(SEALED_READ)];
+    let want = span.len.min(SEALED_READ);
+    if buffer.len() < want {
+        buffer.resize(want, 0);
+    }
     let mut done = 0;
     while done < span.len {
         let len = (span.len - done).min(SEALED_READ);
