@@ -426,7 +426,8 @@ fn a_capture_of_a_private_transfer_has_no_plain_text_and_its_replay_gets_nothing
 
 #[test]
 fn the_conductor_lists_private_members_only_to_signed_requests() {
-    let conductor = start_conductor(&["--interval", "1s"]);
+    // Long enough that no member expires during the test.
+    let conductor = start_conductor(&["--interval", "30s"]);
     let swarm = Swarm::new(sample_data(32 * 1024, 14), &conductor.addr, true);
     let keys = swarm.keys.as_ref().unwrap();
     let member = PeerId::random();
@@ -564,6 +565,14 @@ fn public_and_private_members_never_talk() {
             .map(|e| e["addr"].as_str().unwrap_or_default().to_string())
             .collect()
     };
-    assert_eq!(met(&private_events), vec![private_addr.to_string()]);
-    assert_eq!(met(&public_events), vec![public_addr.to_string()]);
+    for (events, own) in [
+        (&private_events, private_addr),
+        (&public_events, public_addr),
+    ] {
+        let met = met(events);
+        assert!(
+            !met.is_empty() && met.iter().all(|a| *a == own.to_string()),
+            "{met:?}"
+        );
+    }
 }
