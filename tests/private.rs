@@ -576,3 +576,31 @@ fn public_and_private_members_never_talk() {
         );
     }
 }
+
+#[cfg(unix)]
+#[test]
+fn a_key_others_can_read_is_refused_and_a_public_compose_removes_the_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let swarm = Swarm::new(sample_data(20_000, 16), NO_CONDUCTOR, true);
+    let key = key_path(&swarm.orch_path);
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let output = member_command(&swarm.orch_path, &swarm.dir("m"))
+        .arg("--exit-when-done")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("chmod 600"));
+
+    // Composing the same file as a public swarm over the same .orch takes the key away, so
+    // members do not keep joining the private swarm.
+    let output = Command::new(env!("CARGO_BIN_EXE_composer"))
+        .arg(swarm.seed_dir.join("data.bin"))
+        .arg(NO_CONDUCTOR)
+        .arg("-o")
+        .arg(&swarm.orch_path)
+        .arg("--quiet")
+        .output()
+        .unwrap();
+    assert_success("composer", &output);
+    assert!(!key.exists());
+}
