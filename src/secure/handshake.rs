@@ -45,6 +45,8 @@ const TAG: usize = 16;
 pub const FRAME_PAYLOAD: usize = MAX_FRAME - TAG;
 /// Sealed frames gathered before one write to the socket.
 const SEAL_BUFFER: usize = 256 << 10;
+/// Sealed bytes an [`Opener`] reads ahead at most (room for at least one whole frame).
+const OPEN_BUFFER: usize = 256 << 10;
 
 /// Why a handshake failed.
 #[derive(Debug)]
@@ -181,7 +183,9 @@ impl Channel {
             inner,
             transport: Arc::clone(&self.transport),
             nonce: 0,
-            frame: vec![0u8; MAX_FRAME],
+            raw: vec![0u8; OPEN_BUFFER],
+            raw_start: 0,
+            raw_end: 0,
             plain: vec![0u8; FRAME_PAYLOAD],
             start: 0,
             end: 0,
@@ -209,7 +213,10 @@ pub struct Opener<R> {
     transport: Arc<StatelessTransportState>,
     /// The nonce the next frame must have been sealed with.
     nonce: u64,
-    frame: Vec<u8>,
+    /// Sealed bytes read ahead: one read takes several frames when they have arrived.
+    raw: Vec<u8>,
+    raw_start: usize,
+    raw_end: usize,
     plain: Vec<u8>,
     /// The part of `plain` not yet read.
     start: usize,
@@ -221,35 +228,49 @@ impl<R: Read> Opener<R> {
         &self.inner
     }
 
-    /// Reads and decrypts the next frame into `out` (at least [`FRAME_PAYLOAD`] bytes long).
-    /// `Ok(0)`: the stream ended cleanly, between frames.
-    fn next_frame(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let mut len = [0u8; 2];
-        let got = loop {
-            match self.inner.read(&mut len) {
-                Ok(n) => break n,
+    /// Makes at least `want` sealed bytes available in `raw`. False when the stream ended
+    /// with none buffered (a clean end, between frames); ending with some is an error.
+    fn fill(&mut self, want: usize) -> io::Result<bool> {
+        if self.raw_end - self.raw_start >= want {
+            return Ok(true);
+        }
+        self.raw.copy_within(self.raw_start..self.raw_end, 0);
+        self.raw_end -= self.raw_start;
+        self.raw_start = 0;
+        while self.raw_end < want {
+            match self.inner.read(&mut self.raw[self.raw_end..]) {
+                Ok(0) if self.raw_end == 0 => return Ok(false),
+                Ok(0) => return Err(mid_frame(io::ErrorKind::UnexpectedEof.into())),
+                Ok(n) => self.raw_end += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
-        };
-        if got == 0 {
+        }
+        Ok(true)
+    }
+
+    /// Reads and decrypts the next frame into `out` (at least [`FRAME_PAYLOAD`] bytes long).
+    /// `Ok(0)`: the stream ended cleanly, between frames.
+    fn next_frame(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if !self.fill(2)? {
             return Ok(0);
         }
-        if got == 1 {
-            self.inner.read_exact(&mut len[1..]).map_err(mid_frame)?;
-        }
-        let len = u16::from_be_bytes(len) as usize;
+        let at = self.raw_start;
+        let len = u16::from_be_bytes([self.raw[at], self.raw[at + 1]]) as usize;
         if len <= TAG {
             return Err(invalid("empty or short frame"));
         }
-        let frame = &mut self.frame[..len];
-        self.inner.read_exact(frame).map_err(mid_frame)?;
+        if !self.fill(2 + len)? {
+            return Err(mid_frame(io::ErrorKind::UnexpectedEof.into()));
+        }
+        let at = self.raw_start;
+        self.raw_start += 2 + len;
         let nonce = self.nonce;
         self.nonce = nonce
             .checked_add(1)
             .ok_or_else(|| invalid("frame counter exhausted"))?;
         self.transport
-            .read_message(nonce, frame, out)
+            .read_message(nonce, &self.raw[at + 2..at + 2 + len], out)
             .map_err(|_| invalid("a frame failed authentication"))
     }
 }
