@@ -198,7 +198,10 @@ impl Channel {
             transport: Arc::clone(&self.transport),
             nonce: 0,
             plain: Vec::with_capacity(FRAME_PAYLOAD),
-            out: Vec::with_capacity(SEAL_BUFFER + MAX_FRAME + 2),
+            out: Pending {
+                buf: vec![0u8; SEAL_BUFFER + MAX_FRAME + 2],
+                used: 0,
+            },
         }
     }
 }
@@ -317,7 +320,14 @@ pub struct Sealer<W: Write> {
     /// The nonce of the next frame: a counter, so never reused.
     nonce: u64,
     plain: Vec<u8>,
-    out: Vec<u8>,
+    out: Pending,
+}
+
+/// Sealed frames waiting for one write: a buffer zeroed once, filled up to `used`, so sealing a
+/// frame never clears memory first.
+struct Pending {
+    buf: Vec<u8>,
+    used: usize,
 }
 
 impl<W: Write> Sealer<W> {
@@ -331,7 +341,7 @@ impl<W: Write> Sealer<W> {
 fn seal(
     transport: &StatelessTransportState,
     nonce: &mut u64,
-    out: &mut Vec<u8>,
+    out: &mut Pending,
     inner: &mut impl Write,
     payload: &[u8],
 ) -> io::Result<()> {
@@ -339,21 +349,21 @@ fn seal(
         return Ok(());
     }
     let len = payload.len() + TAG;
-    if out.len() + 2 + len > out.capacity() {
-        inner.write_all(out)?;
-        out.clear();
+    if out.used + 2 + len > out.buf.len() {
+        inner.write_all(&out.buf[..out.used])?;
+        out.used = 0;
     }
     let this = *nonce;
     *nonce = this
         .checked_add(1)
         .ok_or_else(|| invalid("frame counter exhausted"))?;
-    let at = out.len();
-    out.extend_from_slice(&(len as u16).to_be_bytes());
-    out.resize(at + 2 + len, 0);
+    let at = out.used;
+    out.buf[at..at + 2].copy_from_slice(&(len as u16).to_be_bytes());
     let sealed = transport
-        .write_message(this, payload, &mut out[at + 2..])
+        .write_message(this, payload, &mut out.buf[at + 2..at + 2 + len])
         .map_err(|_| invalid("cannot seal a frame"))?;
     debug_assert_eq!(sealed, len);
+    out.used += 2 + len;
     Ok(())
 }
 
@@ -389,9 +399,9 @@ impl<W: Write> Write for Sealer<W> {
             &self.plain,
         )?;
         self.plain.clear();
-        if !self.out.is_empty() {
-            self.inner.write_all(&self.out)?;
-            self.out.clear();
+        if self.out.used > 0 {
+            self.inner.write_all(&self.out.buf[..self.out.used])?;
+            self.out.used = 0;
         }
         self.inner.flush()
     }
