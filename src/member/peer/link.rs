@@ -5,7 +5,8 @@
 //!   is an [`Opener`] that decrypts and authenticates every frame.
 //! - [`PeerOut`]: what the writer writes, buffered; sealed, a [`Sealer`]. A part is sent with
 //!   `sendfile` on a plain link; a sealed one cannot hand the page cache to the socket, so the
-//!   part is read into a buffer (`pread`), sealed frame by frame and written in large writes.
+//!   part is read (`pread`) into the sealer's frames, sealed in place and written in large
+//!   writes (`writer::send_part`).
 
 use std::io::{self, BufWriter, Read, Write};
 use std::net::TcpStream;
@@ -59,18 +60,6 @@ impl PeerOut {
         match channel {
             None => PeerOut::Plain(BufWriter::with_capacity(WRITE_BUFFER, stream)),
             Some(channel) => PeerOut::Sealed(Box::new(channel.sealer(stream))),
-        }
-    }
-
-    /// The socket, where a part can go straight from the file (`sendfile`): only on a plain
-    /// link, with the buffer flushed first.
-    pub fn raw_socket(&mut self) -> io::Result<Option<&TcpStream>> {
-        match self {
-            PeerOut::Plain(out) => {
-                out.flush()?;
-                Ok(Some(out.get_ref()))
-            }
-            PeerOut::Sealed(_) => Ok(None),
         }
     }
 }

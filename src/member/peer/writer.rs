@@ -2,8 +2,9 @@
 //! been nothing to send for a third of the peer timeout.
 //!
 //! A part goes from the file to the socket with `sendfile` on a plain link. A sealed link (a
-//! private swarm) must encrypt it, so it is read into a buffer (`pread`, one [`CHUNK`] at a
-//! time), sealed into frames and written with the frames gathered into large writes.
+//! private swarm) must encrypt it, so it is read (`pread`, one [`CHUNK`] at a time) straight
+//! into the frame buffer, sealed there in place and written with the frames gathered into large
+//! writes.
 
 use std::io::Write;
 use std::sync::atomic::Ordering;
@@ -18,14 +19,9 @@ use crate::member::throttle::CHUNK;
 use crate::orch::Span;
 use crate::wire::{have_map_len, PeerMessage};
 
-/// Bytes of a part read from storage at once on a sealed link.
-const SEALED_READ: usize = 1 << 20;
-
 /// The writer side of one connection: control lines first, then parts.
 pub fn write_loop(shared: &Shared, link: &PeerLink, mut out: PeerOut) -> Result<()> {
     let ping_every = shared.config.peer_timeout / 3;
-    // A sealed link reads parts into this, allocated once.
-    let mut buffer = Vec::new();
     loop {
         let item = match link
             .outbox
@@ -57,7 +53,7 @@ pub fn write_loop(shared: &Shared, link: &PeerLink, mut out: PeerOut) -> Result<
                 let len = span.len;
                 let sent = out
                     .write_all(PeerMessage::Piece { index, len }.to_line().as_bytes())
-                    .and_then(|()| send_part(shared, &mut out, span, &mut buffer))
+                    .and_then(|()| send_part(shared, &mut out, span))
                     .map_err(|e| anyhow::anyhow!("sending part {index}: {e}"));
                 link.outbox.upload_done();
                 shared.note_uploads_changed();
@@ -83,50 +79,41 @@ pub fn write_loop(shared: &Shared, link: &PeerLink, mut out: PeerOut) -> Result<
 }
 
 /// Sends the part's bytes, in chunks that each wait for the upload cap when there is one.
-fn send_part(
-    shared: &Shared,
-    out: &mut PeerOut,
-    span: Span,
-    buffer: &mut Vec<u8>,
-) -> std::io::Result<()> {
-    if let Some(stream) = out.raw_socket()? {
-        let Some(cap) = &shared.upload_cap else {
-            return shared.storage.send_to(stream, span);
-        };
-        let mut done = 0;
-        while done < span.len {
-            let len = (span.len - done).min(CHUNK);
-            cap.take(len);
-            let chunk = Span {
-                offset: span.offset + done as u64,
-                len,
+fn send_part(shared: &Shared, out: &mut PeerOut, span: Span) -> std::io::Result<()> {
+    let chunk_of = |done: usize| Span {
+        offset: span.offset + done as u64,
+        len: (span.len - done).min(CHUNK),
+    };
+    match out {
+        PeerOut::Plain(out) => {
+            out.flush()?;
+            let stream = out.get_ref();
+            let Some(cap) = &shared.upload_cap else {
+                return shared.storage.send_to(stream, span);
             };
-            shared.storage.send_to(stream, chunk)?;
-            done += len;
-        }
-        return Ok(());
-    }
-    // Sealed: read, then seal and write; the frames reach the socket at the next flush or
-    // when the sealer's buffer is full.
-    let want = span.len.min(SEALED_READ);
-    if buffer.len() < want {
-        buffer.resize(want, 0);
-    }
-    let mut done = 0;
-    while done < span.len {
-        let len = (span.len - done).min(SEALED_READ);
-        if let Some(cap) = &shared.upload_cap {
-            let mut taken = 0;
-            while taken < len {
-                let step = (len - taken).min(CHUNK);
-                cap.take(step);
-                taken += step;
+            let mut done = 0;
+            while done < span.len {
+                let chunk = chunk_of(done);
+                cap.take(chunk.len);
+                shared.storage.send_to(stream, chunk)?;
+                done += chunk.len;
             }
         }
-        let chunk = &mut buffer[..len];
-        shared.storage.read_at(span.offset + done as u64, chunk)?;
-        out.write_all(chunk)?;
-        done += len;
+        // Sealed: each chunk is read from storage straight into the frame that seals it; the
+        // frames reach the socket at the next flush or when the sealer's buffer is full.
+        PeerOut::Sealed(sealer) => {
+            let mut done = 0;
+            while done < span.len {
+                let chunk = chunk_of(done);
+                if let Some(cap) = &shared.upload_cap {
+                    cap.take(chunk.len);
+                }
+                sealer.write_from(chunk.len, |at, into| {
+                    shared.storage.read_at(chunk.offset + at as u64, into)
+                })?;
+                done += chunk.len;
+            }
+        }
     }
     Ok(())
 }
