@@ -4,6 +4,10 @@ exit) with two builds of torrentnchill, run in turn (A B A B ...) so that a drif
 affects both alike. Prints each run, the medians and the ratio A/B.
 
     scripts/ab_transfer.py --a target/release --b /tmp/base/target/release --size 1G --runs 3
+    scripts/ab_transfer.py --a target/release --private --size 1G --runs 3
+
+With --private, A is a private swarm (composer --private: its key file beside the .orch, every
+link encrypted) and B the public swarm of the same file, both run with --a's binaries.
 
 Only 127.0.0.1 is used; every process it starts is stopped before it returns."""
 
@@ -34,7 +38,7 @@ def wait_line(proc, want, limit):
     raise SystemExit(f"no {want!r} within {limit} s")
 
 
-def run_once(bins, work, orch_text, members, limit):
+def run_once(bins, work, orch_text, members, limit, key_text=None):
     conductor = subprocess.Popen(
         [os.path.join(bins, "conductor"), "--listen", "127.0.0.1:0"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -44,6 +48,12 @@ def run_once(bins, work, orch_text, members, limit):
         orch = os.path.join(work, "f.bin.orch")
         with open(orch, "w") as out:
             out.write(addr + "\n" + orch_text.split("\n", 1)[1])
+        key = orch + ".key"
+        if os.path.exists(key):
+            os.remove(key)
+        if key_text is not None:
+            with os.fdopen(os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+                out.write(key_text)
         seeder = subprocess.Popen(
             [os.path.join(bins, "member"), orch, "--dir", os.path.join(work, "seed"), "--json"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -77,12 +87,18 @@ def run_once(bins, work, orch_text, members, limit):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--a", required=True, help="folder with build A's binaries")
-    ap.add_argument("--b", required=True, help="folder with build B's binaries (the baseline)")
+    ap.add_argument("--b", help="folder with build B's binaries (the baseline)")
+    ap.add_argument("--private", action="store_true",
+                    help="A: a private swarm, B: the public swarm of the same file, both with --a")
     ap.add_argument("--size", default="1G")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--members", type=int, default=1)
     ap.add_argument("--timeout", type=int, default=600)
     args = ap.parse_args()
+    if args.private:
+        args.b = args.b or args.a
+    elif not args.b:
+        ap.error("--b is needed (or --private)")
     work = tempfile.mkdtemp(prefix="ab-transfer-")
     try:
         os.makedirs(os.path.join(work, "seed"))
@@ -96,15 +112,24 @@ def main():
         subprocess.run([os.path.join(args.b, "composer"), data, "127.0.0.1:1", "-o",
                         os.path.join(work, "f.bin.orch"), "-q"], check=True)
         orch_text = open(os.path.join(work, "f.bin.orch")).read()
+        key_text = None
+        if args.private:
+            os.makedirs(os.path.join(work, "private"))
+            private_orch = os.path.join(work, "private", "f.bin.orch")
+            subprocess.run([os.path.join(args.a, "composer"), data, "127.0.0.1:1", "-o",
+                            private_orch, "-q", "--private"], check=True)
+            key_text = open(private_orch + ".key").read()
         times = {"A": [], "B": []}
         for run in range(args.runs):
             for name, bins in (("A", args.a), ("B", args.b)):
-                t = run_once(bins, work, orch_text, args.members, args.timeout)
+                key = key_text if name == "A" else None
+                t = run_once(bins, work, orch_text, args.members, args.timeout, key)
                 times[name].append(t)
                 print(f"run {run + 1} {name}: {t:.3f} s", flush=True)
         a, b = statistics.median(times["A"]), statistics.median(times["B"])
         ratios = [x / y for x, y in zip(times["A"], times["B"])]
         print(json.dumps({"size": args.size, "members": args.members, "runs": args.runs,
+                          "private_a": args.private,
                           "median_a": round(a, 3), "median_b": round(b, 3),
                           "ratio_median": round(statistics.median(ratios), 3),
                           "a": [round(t, 3) for t in times["A"]],

@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
 # The main job on an embedded default: a complete swarm on this machine.
 #
-#   scripts/demo.sh [SIZE_MIB] [MEMBERS]      (defaults: 256 MiB, 4 members)
+#   scripts/demo.sh [--private] [SIZE_MIB] [MEMBERS]      (defaults: 256 MiB, 4 members)
+#
+# --private composes a private swarm (composer --private): the key file sample.orch.key lands
+# beside sample.orch, every member finds it there, and every link is encrypted.
 #
 # Builds the release binaries, makes a file of pseudo-random bytes, composes its .orch, starts a
 # conductor, a seeder and MEMBERS members on 127.0.0.1, shows their progress, checks every copy
 # byte for byte against the original, reports time and throughput, and cleans up after itself.
 set -euo pipefail
 
+private=()
+if [[ ${1:-} == --private ]]; then
+    private=(--private)
+    shift
+fi
 size_mib=${1:-256}
 members=${2:-4}
 limit_secs=${DEMO_TIMEOUT:-600}
@@ -50,8 +58,9 @@ conductor=$(sed -n 's/^listening on //p' "$work/conductor.out")
 echo "conductor on $conductor"
 
 t0=$(now)
-"$bin/composer" "$sample" "$conductor" -o "$work/sample.orch" --quiet
+"$bin/composer" "$sample" "$conductor" -o "$work/sample.orch" --quiet ${private[@]+"${private[@]}"}
 echo "composed $work/sample.orch in $(elapsed "$t0" "$(now)") s"
+[[ ${#private[@]} -eq 0 ]] || echo "private swarm: key in $work/sample.orch.key"
 
 "$bin/member" "$work/sample.orch" --dir "$work/seed" --listen 127.0.0.1:0 --json \
     > "$work/seed.jsonl" 2> "$work/seed.log" &

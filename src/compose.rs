@@ -21,6 +21,7 @@ use serde::Serialize;
 use crate::cli::units::{human_bytes, parse_size};
 use crate::hashing::hash_file;
 use crate::orch::{self, Orchestra, SwarmId, MAX_PARTS, MAX_PART_SIZE, MIN_PART_SIZE};
+use crate::secure::{self, SwarmKeys, SwarmSecret};
 
 /// The conductor a `.orch` names when none is given.
 pub const DEFAULT_CONDUCTOR: &str = "127.0.0.1:9999";
@@ -39,6 +40,9 @@ pub struct ComposeOptions {
     /// Where to write the `.orch`: a file path, or a folder to hold `<file name>.orch`; `None`
     /// writes `<file name>.orch` in the current folder.
     pub output: Option<PathBuf>,
+    /// A private swarm: a random secret goes in the key file `NAME.orch.key` beside the
+    /// `.orch` (see [`crate::secure`]).
+    pub private: bool,
 }
 
 impl ComposeOptions {
@@ -50,6 +54,7 @@ impl ComposeOptions {
             conductor: DEFAULT_CONDUCTOR.to_string(),
             part_size: None,
             output: None,
+            private: false,
         }
     }
 
@@ -99,11 +104,17 @@ pub struct Composed {
     pub orchestra: Orchestra,
     /// From the start of [`compose`] to the `.orch` being on disk: reading, hashing, writing.
     pub elapsed: Duration,
+    /// A private swarm's key file and swarm id.
+    pub private: Option<(PathBuf, SwarmId)>,
 }
 
 impl Composed {
+    /// The swarm id: a private swarm's when it is one.
     pub fn swarm(&self) -> SwarmId {
-        self.orchestra.swarm_id()
+        match &self.private {
+            Some((_, swarm)) => *swarm,
+            None => self.orchestra.swarm_id(),
+        }
     }
 
     pub fn parts(&self) -> u32 {
@@ -150,7 +161,14 @@ impl Composed {
             self.parts(),
             human_bytes(part_size),
             self.swarm().to_hex(),
-        )
+        ) + &match &self.private {
+            Some((key, _)) => format!(
+                "  private: the key is in {} (mode 0600): give it only to members, beside \
+                 their copy of the .orch\n",
+                key.display()
+            ),
+            None => String::new(),
+        }
     }
 }
 
@@ -323,12 +341,32 @@ pub fn compose(
     )
     .with_context(|| format!("cannot describe {} in a .orch", file.display()))
     .or_kind(Other)?;
+    // The key goes first: a .orch that a member finds without its key would make it join
+    // the public swarm. A public compose removes a key left by an earlier private one.
+    let key_path = secure::key_path(&output);
+    let private = if options.private {
+        let secret = SwarmSecret::generate().or_kind(Other)?;
+        secret.save(&key_path).or_kind(Disk)?;
+        let keys = SwarmKeys::derive(&secret, orchestra.swarm_id());
+        Some((key_path, keys.swarm))
+    } else {
+        match fs::remove_file(&key_path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return fail(
+                    Disk,
+                    anyhow!("cannot remove the old key file {}: {e}", key_path.display()),
+                )
+            }
+            _ => None,
+        }
+    };
     write_atomically(&output, orchestra.to_text().as_bytes()).or_kind(Disk)?;
     Ok(Composed {
         file: options.file.clone(),
         orch_path: output,
         orchestra,
         elapsed: started.elapsed(),
+        private,
     })
 }
 

@@ -313,6 +313,25 @@ pub enum ConductorRequest {
     },
     /// `STATS`: counters for operators.
     Stats,
+    /// `CHALLENGE`: asks for a fresh nonce to sign requests for a private swarm with.
+    Challenge,
+    /// `ANNOUNCE` or `LEAVE` with a sixth word, the Ed25519 signature (128 hex digits) over the
+    /// request and the connection's challenge (see [`crate::secure::SignedFields`]): a request
+    /// for a private swarm, whose id is the public key.
+    Signed {
+        request: Box<ConductorRequest>,
+        signature: Signature,
+    },
+}
+
+/// An Ed25519 signature as it travels: 128 hex digits.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Signature(pub [u8; 64]);
+
+impl fmt::Debug for Signature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Signature({})", hex::encode(self.0))
+    }
 }
 
 impl ConductorRequest {
@@ -326,8 +345,12 @@ impl ConductorRequest {
                 let swarm = parse_swarm(command, words.next())?;
                 let peer_id = parse_peer_id(command, words.next())?;
                 let port = parse_port(command, words.next())?;
+                let signature = words
+                    .next()
+                    .map(|word| parse_signature(command, word))
+                    .transpose()?;
                 no_more(command, words)?;
-                if announce {
+                let request = if announce {
                     ConductorRequest::Announce {
                         swarm,
                         peer_id,
@@ -339,7 +362,18 @@ impl ConductorRequest {
                         peer_id,
                         port,
                     }
+                };
+                match signature {
+                    None => request,
+                    Some(signature) => ConductorRequest::Signed {
+                        request: Box::new(request),
+                        signature,
+                    },
                 }
+            }
+            Some("CHALLENGE") => {
+                no_more("CHALLENGE", words)?;
+                ConductorRequest::Challenge
             }
             Some("STATS") => {
                 no_more("STATS", words)?;
@@ -368,8 +402,20 @@ impl ConductorRequest {
                 format!("LEAVE {PROTOCOL} {swarm} {peer_id} {port}\n")
             }
             ConductorRequest::Stats => "STATS\n".to_string(),
+            ConductorRequest::Challenge => "CHALLENGE\n".to_string(),
+            ConductorRequest::Signed { request, signature } => {
+                let line = request.to_line();
+                format!("{} {}\n", line.trim_end(), hex::encode(signature.0))
+            }
         }
     }
+}
+
+fn parse_signature(command: &'static str, word: &str) -> Result<Signature, WireError> {
+    let mut bytes = [0u8; 64];
+    hex::decode_to_slice(word, &mut bytes)
+        .map_err(|_| malformed(command, "expected a signature of 128 hex digits"))?;
+    Ok(Signature(bytes))
 }
 
 /// Counters the conductor reports for `STATS`.
@@ -394,6 +440,8 @@ pub enum ConductorReply {
     Stats(ConductorStats),
     /// `ERROR <reason>`.
     Error(String),
+    /// `CHALLENGE <nonce>`: 64 hex digits to sign this connection's next request with.
+    Challenge([u8; 32]),
 }
 
 impl ConductorReply {
@@ -411,6 +459,9 @@ impl ConductorReply {
                 "STATS {} {} {:.1}\n",
                 s.swarms, s.members, s.announces_per_sec
             )),
+            ConductorReply::Challenge(nonce) => {
+                text.push_str(&format!("CHALLENGE {}\n", hex::encode(nonce)))
+            }
             ConductorReply::Error(why) => {
                 let why: String = why.chars().filter(|c| !c.is_control()).take(200).collect();
                 text.push_str(&format!("ERROR {why}\n"));
@@ -461,6 +512,14 @@ impl ConductorReply {
                 }))
             }
             Some("ERROR") => Ok(ConductorReply::Error(error_reason(line))),
+            Some("CHALLENGE") => {
+                let mut nonce = [0u8; 32];
+                let word = words.next().unwrap_or("");
+                hex::decode_to_slice(word, &mut nonce)
+                    .map_err(|_| malformed("CHALLENGE", "expected a nonce of 64 hex digits"))?;
+                no_more("CHALLENGE", words)?;
+                Ok(ConductorReply::Challenge(nonce))
+            }
             Some(other) => Err(WireError::UnknownCommand(other.chars().take(32).collect())),
             None => Err(WireError::UnknownCommand(String::new())),
         }
@@ -668,6 +727,15 @@ mod tests {
                 port: 65535,
             },
             ConductorRequest::Stats,
+            ConductorRequest::Challenge,
+            ConductorRequest::Signed {
+                request: Box::new(ConductorRequest::Announce {
+                    swarm,
+                    peer_id,
+                    port: 9,
+                }),
+                signature: Signature([0xab; 64]),
+            },
         ] {
             let line = request.to_line();
             assert_eq!(ConductorRequest::parse(line.trim_end()).unwrap(), request);

@@ -1,7 +1,11 @@
 //! Property tests for the `.orch` format and the wire protocol: round trips for everything we
 //! write, and no panic (plus bounded output) for anything we read.
 
-use std::io::BufReader;
+#[path = "../fuzz/src/lib.rs"]
+#[allow(dead_code)]
+mod checks;
+
+use std::io::{BufReader, Cursor, Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use proptest::collection::vec;
@@ -10,7 +14,7 @@ use proptest::prelude::*;
 use torrentnchill::orch::{Checksum, Orchestra, MAX_PART_SIZE, MIN_PART_SIZE};
 use torrentnchill::wire::{
     have_map_len, ConductorReply, ConductorRequest, ConductorStats, Hello, LineReader, PeerId,
-    PeerMessage, WireError, MAX_LINE, MAX_PEERS_PER_REPLY, MAX_PEX,
+    PeerMessage, Signature, WireError, MAX_LINE, MAX_PEERS_PER_REPLY, MAX_PEX,
 };
 
 const MAX_TEST_PARTS: u64 = 64;
@@ -637,7 +641,7 @@ proptest! {
                     prop_assert!(stats.announces_per_sec >= 0.0);
                 }
                 Ok(ConductorReply::Error(why)) => prop_assert!(why.len() <= MAX_LINE),
-                Ok(ConductorReply::Ok) => {}
+                Ok(ConductorReply::Ok) | Ok(ConductorReply::Challenge(_)) => {}
                 Err(_) => break,
             }
         }
@@ -672,11 +676,22 @@ proptest! {
         swarm in checksum(),
         peer_id in peer_id(),
         port in port(),
-        kind in 0..3u8,
+        kind in 0..6u8,
+        signature in any::<[u8; 32]>(),
     ) {
+        let signature = Signature([signature, signature].concat().try_into().unwrap());
         let request = match kind {
             0 => ConductorRequest::Announce { swarm, peer_id, port },
             1 => ConductorRequest::Leave { swarm, peer_id, port },
+            2 => ConductorRequest::Challenge,
+            3 | 4 => ConductorRequest::Signed {
+                request: Box::new(if kind == 3 {
+                    ConductorRequest::Announce { swarm, peer_id, port }
+                } else {
+                    ConductorRequest::Leave { swarm, peer_id, port }
+                }),
+                signature,
+            },
             _ => ConductorRequest::Stats,
         };
         let line = request.to_line();
@@ -737,6 +752,7 @@ proptest! {
                 announces_per_sec: tenths as f64 / 10.0,
             }),
             ConductorReply::Error(why),
+            ConductorReply::Challenge([7; 32]),
         ];
         let mut bytes = Vec::new();
         for reply in &replies {
@@ -747,5 +763,76 @@ proptest! {
             prop_assert_eq!(&ConductorReply::read_from(&mut reader).unwrap(), reply);
         }
         prop_assert!(matches!(ConductorReply::read_from(&mut reader), Err(WireError::Closed)));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Private links: the sealed frames
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn sealed_frames_round_trip(chunks in vec(vec(any::<u8>(), 0..70_000), 0..6), flush in any::<u8>()) {
+        let (dialer, acceptor) = checks::channel_pair();
+        let mut wire = Vec::new();
+        {
+            let mut sealer = dialer.sealer(&mut wire);
+            for (i, chunk) in chunks.iter().enumerate() {
+                sealer.write_all(chunk).unwrap();
+                if flush & (1 << (i % 8)) != 0 {
+                    sealer.flush().unwrap();
+                }
+            }
+            sealer.flush().unwrap();
+        }
+        let sent: Vec<u8> = chunks.concat();
+        // Tags and length prefixes only: 20 bytes of overhead per frame.
+        prop_assert!(wire.len() >= sent.len());
+        let mut back = Vec::new();
+        acceptor.opener(Cursor::new(&wire)).read_to_end(&mut back).unwrap();
+        prop_assert_eq!(&back, &sent);
+        // The other direction's keys cannot read it.
+        if !wire.is_empty() {
+            let mut wrong = Vec::new();
+            prop_assert!(dialer.opener(Cursor::new(&wire)).read_to_end(&mut wrong).is_err());
+        }
+    }
+
+    #[test]
+    fn sealed_frames_refuse_any_change(data in vec(any::<u8>(), 1..100_000), at in any::<usize>(), bit in 0..8u8) {
+        let (dialer, acceptor) = checks::channel_pair();
+        let mut wire = Vec::new();
+        {
+            let mut sealer = dialer.sealer(&mut wire);
+            sealer.write_all(&data).unwrap();
+            sealer.flush().unwrap();
+        }
+        let at = at % wire.len();
+        wire[at] ^= 1 << bit;
+        let mut back = Vec::new();
+        let read = acceptor.opener(Cursor::new(&wire)).read_to_end(&mut back);
+        prop_assert!(read.is_err());
+        // Truncated anywhere but at the end of a frame: refused too.
+        let mut cut = Vec::new();
+        let mut sealer = dialer.sealer(&mut cut);
+        sealer.write_all(&data).unwrap();
+        sealer.flush().unwrap();
+        drop(sealer);
+        let keep = 1 + at % (cut.len() - 1);
+        let first_frame = 4 + u32::from_be_bytes([cut[0], cut[1], cut[2], cut[3]]) as usize;
+        prop_assume!(keep != first_frame);
+        let mut back = Vec::new();
+        prop_assert!(acceptor.opener(Cursor::new(&cut[..keep])).read_to_end(&mut back).is_err());
+    }
+
+    #[test]
+    fn the_frame_decoder_never_panics(bytes in vec(any::<u8>(), 0..4096)) {
+        let (_, acceptor) = checks::channel_pair();
+        let mut out = Vec::new();
+        let read = acceptor.opener(Cursor::new(&bytes)).read_to_end(&mut out);
+        prop_assert!(out.is_empty());
+        prop_assert!(read.is_err() || bytes.is_empty());
+        checks::secure_handshake(&bytes);
     }
 }

@@ -6,12 +6,15 @@
 //! them under libFuzzer (nightly); `tests/regressions.rs` compiles this same file on stable to
 //! replay every crash ever found and the seed corpus in `fuzz/seeds/`.
 
-use std::io::BufReader;
+use std::io::{BufReader, Cursor, Read, Write};
+use std::sync::OnceLock;
 
 use torrentnchill::member::bitfield::Bitfield;
 use torrentnchill::orch::{
-    check_conductor, Orchestra, MAX_CONDUCTORS, MAX_PARTS, MAX_PART_SIZE, MIN_PART_SIZE,
+    check_conductor, Checksum, Orchestra, MAX_CONDUCTORS, MAX_PARTS, MAX_PART_SIZE, MIN_PART_SIZE,
 };
+use torrentnchill::secure::handshake::{self, Channel, SECURE_LINE};
+use torrentnchill::secure::{SwarmKeys, SwarmSecret};
 use torrentnchill::wire::{
     have_map_len, ConductorReply, ConductorRequest, Hello, LineReader, PeerMessage, WireError,
     MAX_LINE, MAX_PEERS_PER_REPLY, MAX_PEX,
@@ -29,6 +32,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("peer_message", peer_message),
     ("conductor_reply", conductor_reply),
     ("bitfield", bitfield),
+    ("secure_handshake", secure_handshake),
 ];
 
 /// `.orch` files: a parsed file writes back to a canonical text that parses to the same thing.
@@ -301,5 +305,88 @@ pub fn bitfield(data: &[u8]) {
             !(size_ok && spare_clear),
             "refused a good map of {len} parts"
         ),
+    }
+}
+
+/// The keys of the fuzzed private swarm.
+pub fn fuzz_keys() -> SwarmKeys {
+    SwarmKeys::derive(&SwarmSecret::from_bytes([7; 32]), Checksum::of(b"fuzz"))
+}
+
+/// Both ends of one private link, made once by a real handshake over a socket pair.
+pub fn channel_pair() -> &'static (Channel, Channel) {
+    static PAIR: OnceLock<(Channel, Channel)> = OnceLock::new();
+    PAIR.get_or_init(|| {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let acceptor = std::thread::spawn(move || {
+            let mut line = [0u8; SECURE_LINE.len() + 1];
+            (&b).read_exact(&mut line).unwrap();
+            handshake::respond(&mut &b, &mut &b, &fuzz_keys()).unwrap()
+        });
+        let dialer = handshake::initiate(&mut &a, &mut &a, &fuzz_keys()).unwrap();
+        (dialer, acceptor.join().unwrap())
+    })
+}
+
+/// A private link's decoders. The first byte picks what the rest is: the bytes a dialer sends
+/// after the `SECURE` line (a handshake message, then frames) that no input can get past without
+/// the key; frames for an established link, which never decode to more than they hold; or
+/// plaintext that must come back whole through a sealer and an opener, and not at all with one
+/// byte changed.
+pub fn secure_handshake(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let (dialer, acceptor) = channel_pair();
+    match mode % 3 {
+        0 => {
+            let mut answer = Vec::new();
+            let result = handshake::respond(&mut Cursor::new(rest), &mut answer, &fuzz_keys());
+            assert!(result.is_err(), "a handshake without the key was accepted");
+            assert!(answer.is_empty(), "answered a handshake without the key");
+        }
+        1 => {
+            let mut out = Vec::new();
+            let read = acceptor
+                .opener(Cursor::new(rest))
+                .take(1 << 20)
+                .read_to_end(&mut out);
+            // Without the key no frame authenticates: nothing comes out.
+            assert!(read.is_err() || rest.is_empty(), "forged frames were read");
+            assert!(out.is_empty());
+        }
+        _ => {
+            let mut wire = Vec::new();
+            {
+                let mut sealer = dialer.sealer(&mut wire);
+                // Written in pieces of every size the input suggests, with flushes between.
+                let mut at = 0;
+                while at < rest.len() {
+                    let step = 1 + usize::from(rest[at]) * 97;
+                    let end = (at + step).min(rest.len());
+                    sealer.write_all(&rest[at..end]).unwrap();
+                    if rest[at] % 2 == 0 {
+                        sealer.flush().unwrap();
+                    }
+                    at = end;
+                }
+                sealer.flush().unwrap();
+            }
+            let mut back = Vec::new();
+            acceptor
+                .opener(Cursor::new(&wire))
+                .read_to_end(&mut back)
+                .unwrap();
+            assert_eq!(back, rest);
+            if !wire.is_empty() {
+                let at = usize::from(mode) * 31 % wire.len();
+                wire[at] ^= 0x01;
+                let mut changed = Vec::new();
+                let read = acceptor
+                    .opener(Cursor::new(&wire))
+                    .read_to_end(&mut changed);
+                assert!(read.is_err(), "a changed frame was read");
+            }
+        }
     }
 }

@@ -27,6 +27,7 @@ Examples:
   composer bigfile.iso a.lan:9999,b.lan:9999   members announce to both conductors
   composer bigfile.iso -o /srv/orch/           write /srv/orch/bigfile.iso.orch
   composer bigfile.iso --json                  one JSON line on stdout, for scripts
+  composer bigfile.iso --private               a private swarm: the key goes to bigfile.iso.orch.key
   composer --generate bash                     print bash completions (also zsh, fish, man)
 
 PART_SIZE is a number of bytes, optionally followed by K, M or G (or KiB, MiB, GiB), all
@@ -59,6 +60,11 @@ struct Args {
     /// in the current folder].
     #[arg(short, long, value_name = "PATH")]
     output: Option<PathBuf>,
+
+    /// A private swarm: write a random secret to <.orch>.key beside the .orch. Only members
+    /// with that key file can fetch, see the member list, or read the traffic.
+    #[arg(long)]
+    private: bool,
 
     /// Print one JSON line instead of the summary, and no progress bar.
     #[arg(long)]
@@ -97,6 +103,7 @@ fn run(args: &Args) -> Result<(), Failure> {
         .ok_or_else(|| Failure::new(exit::USAGE, anyhow!("the FILE to share is required")))?;
     let options = ComposeOptions {
         output: args.output.clone(),
+        private: args.private,
         ..ComposeOptions::from_text(file, &args.conductor, args.part_size.as_deref())
             .map_err(failure)?
     };

@@ -16,6 +16,7 @@ use torrentnchill::member::report::{JsonReport, TerminalReport};
 use torrentnchill::member::session::{self, QuitSignal, Report, SessionOptions};
 use torrentnchill::member::{check, origin, Member, MemberConfig};
 use torrentnchill::orch::{self, Orchestra};
+use torrentnchill::secure::{self, SwarmSecret};
 use torrentnchill::{json, sync::Mutex};
 
 const EXAMPLES: &str = "\
@@ -28,6 +29,7 @@ Examples:
   member x.orch --conductor t2.lan:9999    announce there instead of line 1 of the .orch
   member x.orch --origin https://mirror.example/x.iso
                                            also take parts the swarm lacks from a web server
+  member x.orch --key /secure/x.orch.key  a private swarm's key kept elsewhere (default: x.orch.key)
   member x.orch --check --dir /data        check /data/FILE (or FILE.part) offline, list bad parts
   member --generate bash                   print bash completions (also zsh, fish, man)
 
@@ -87,6 +89,9 @@ struct Args {
     /// Most bytes per second taken from all origins together: 50MB/s, 400Mbit/s, 20MiB/s.
     #[arg(long, value_name = "RATE", value_parser = units::parse_rate, requires = "origin")]
     origin_max_rate: Option<u64>,
+    /// The key file of a private swarm (default: FILE.orch.key beside the .orch, if there).
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
     /// Write logs to this file (its folder is created) instead of the terminal.
     #[arg(long, value_name = "PATH")]
     log_file: Option<PathBuf>,
@@ -130,6 +135,22 @@ fn read_orch(args: &Args) -> Result<(&std::path::Path, Orchestra), Failure> {
     Ok((path, Orchestra::read(path).or_exit(exit::BAD_ORCH)?))
 }
 
+/// The private swarm's secret: `--key`, else `FILE.orch.key` beside the .orch when it exists;
+/// none for a public swarm.
+fn read_key(args: &Args, orch_path: &std::path::Path) -> Result<Option<SwarmSecret>, Failure> {
+    let path = match &args.key {
+        Some(path) => path.clone(),
+        None => {
+            let beside = secure::key_path(orch_path);
+            if !beside.exists() {
+                return Ok(None);
+            }
+            beside
+        }
+    };
+    Ok(Some(SwarmSecret::load(&path).or_exit(exit::BAD_ORCH)?))
+}
+
 fn run(args: &Args, bar: &BarSlot) -> Result<i32, Failure> {
     let (orch_path, orch) = read_orch(args)?;
     if args.peer_timeout < Duration::from_millis(100) {
@@ -153,6 +174,7 @@ fn run(args: &Args, bar: &BarSlot) -> Result<i32, Failure> {
     config.conductors = args.conductor.clone();
     config.origins = args.origin.clone();
     config.origin_max_rate = args.origin_max_rate;
+    config.secret = read_key(args, orch_path)?;
 
     // Set up first, so that a signal that comes while the file is checked still ends cleanly.
     let quit = Arc::new(QuitSignal::default());

@@ -71,6 +71,8 @@ pub enum ConductorEvent {
         swarms: u64,
         members: u64,
         announces_per_sec: f64,
+        /// Signed requests for private swarms refused since start (bad or missing signature).
+        auth_failures: u64,
         /// Since the conductor started.
         seconds: f64,
         last: bool,
@@ -85,11 +87,17 @@ impl ConductorEvent {
         }
     }
 
-    pub(super) fn summary(stats: &ConductorStats, uptime: Duration, last: bool) -> ConductorEvent {
+    pub(super) fn summary(
+        stats: &ConductorStats,
+        auth_failures: u64,
+        uptime: Duration,
+        last: bool,
+    ) -> ConductorEvent {
         ConductorEvent::Summary {
             swarms: stats.swarms,
             members: stats.members,
             announces_per_sec: tenths(stats.announces_per_sec),
+            auth_failures,
             seconds: crate::json::seconds(uptime),
             last,
         }
@@ -237,6 +245,7 @@ mod tests {
             }),
             serde_json::to_string(&ConductorEvent::summary(
                 &stats,
+                0,
                 Duration::from_micros(61_234_567),
                 true,
             )),
@@ -294,13 +303,14 @@ mod tests {
         };
         let line = serde_json::to_string(&ConductorEvent::summary(
             &stats,
+            0,
             Duration::from_micros(1_234_567),
             false,
         ))
         .unwrap();
         assert_eq!(
             line,
-            r#"{"event":"summary","swarms":3,"members":4,"announces_per_sec":12.3,"seconds":1.235,"last":false}"#
+            r#"{"event":"summary","swarms":3,"members":4,"announces_per_sec":12.3,"auth_failures":0,"seconds":1.235,"last":false}"#
         );
         let line = serde_json::to_string(&ConductorEvent::ExpireMore { count: 5 }).unwrap();
         assert_eq!(line, r#"{"event":"expire_more","count":5}"#);

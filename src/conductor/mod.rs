@@ -47,8 +47,10 @@
 mod admission;
 mod client;
 mod events;
+mod private;
 mod registry;
 mod server;
+mod signed;
 mod state;
 
 use std::fmt;
@@ -62,9 +64,10 @@ use crate::cli::exit::{self, Failure};
 use crate::orch::SwarmId;
 
 pub use crate::wire::ConductorStats;
-pub use client::{announce, announce_unless, leave, stats};
+pub use client::{announce, announce_unless, leave, stats, Cancelled};
 pub use events::{ConductorEvent, StatsEvent, EVENT_QUEUE};
 pub use registry::source_of;
+pub use signed::{announce_signed, leave_signed};
 pub use state::{MAX_STATE_BYTES, MAX_STATE_MEMBERS};
 
 /// Where the conductor listens unless told otherwise.

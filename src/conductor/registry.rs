@@ -144,6 +144,7 @@ pub(super) enum Change {
     Restarted,
 }
 
+#[derive(Clone, Copy)]
 pub(super) struct Limits {
     pub(super) max_swarms: usize,
     pub(super) max_swarm_members: usize,
@@ -175,6 +176,16 @@ pub(super) struct Changes {
     pub(super) membership: u64,
     /// Members refreshed: only their last-seen times moved.
     pub(super) refreshes: u64,
+}
+
+impl Changes {
+    /// The changes of two tables together (the public and the private one).
+    pub(super) fn plus(self, other: Changes) -> Changes {
+        Changes {
+            membership: self.membership.wrapping_add(other.membership),
+            refreshes: self.refreshes.wrapping_add(other.refreshes),
+        }
+    }
 }
 
 impl Registry {

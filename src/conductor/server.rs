@@ -35,6 +35,7 @@ use log::{debug, info, warn};
 
 use super::admission::{hard_cap, stamp, Conn, Connections};
 use super::events::{ConductorEvent, EventSink, EVENT_QUEUE};
+use super::private::Private;
 use super::registry::{source_of, Change, Changes, Limits, Registry, MAX_EXPIRY_LINES};
 use super::state;
 use super::{short, ConductorConfig, StartError, LOG_TARGET};
@@ -103,6 +104,8 @@ pub(super) struct Shared {
     pub(super) local_addr: SocketAddr,
     started: Instant,
     registry: Mutex<Registry>,
+    /// Private swarms: their own table, and failed signatures per address.
+    private: Private,
     connections: Mutex<Connections>,
     /// Connections turned away for lack of room since the last summary.
     turned_away: AtomicU64,
@@ -144,6 +147,7 @@ impl Shared {
             local_addr,
             started: now,
             registry: Mutex::new(Registry::new(limits, now, events)),
+            private: Private::new(limits, now),
             connections: Mutex::new(connections),
             turned_away: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
@@ -166,7 +170,7 @@ impl Shared {
     }
 
     pub(super) fn stats(&self) -> ConductorStats {
-        self.registry().stats(Instant::now())
+        all_stats(self, Instant::now())
     }
 
     pub(super) fn clients(&self) -> usize {
@@ -262,9 +266,10 @@ pub(super) fn stop(shared: &Shared, threads: Threads) -> ConductorStats {
     if let Some(path) = &shared.config.state {
         save(shared, path, &mut false);
     }
+    let stats = all_stats(shared, Instant::now());
+    let failures = shared.private.failures.total();
     let mut registry = shared.registry();
-    let stats = registry.stats(Instant::now());
-    let summary = ConductorEvent::summary(&stats, shared.started.elapsed(), true);
+    let summary = ConductorEvent::summary(&stats, failures, shared.started.elapsed(), true);
     registry.events.send(summary);
     registry.events.close();
     stats
@@ -507,6 +512,8 @@ fn converse(shared: &Shared, conn: &Conn, peer: SocketAddr) -> Result<(), WireEr
     // An IPv4 client of a dual-stack socket shows up as ::ffff:a.b.c.d; other members must be
     // given the plain IPv4 address.
     let ip = peer.ip().to_canonical();
+    // The nonce of this connection's last CHALLENGE, for one signed request.
+    let mut challenge = None;
     loop {
         let request = match reader.read_line() {
             Ok(line) => ConductorRequest::parse(line),
@@ -520,7 +527,17 @@ fn converse(shared: &Shared, conn: &Conn, peer: SocketAddr) -> Result<(), WireEr
         writer.set_deadline(Instant::now() + config.write_timeout);
         match request {
             Ok(request) => {
-                let reply = answer(shared, ip, request);
+                let reply = match request {
+                    request @ (ConductorRequest::Challenge | ConductorRequest::Signed { .. }) => {
+                        let in_private = |registry: &Mutex<Registry>, request| {
+                            answer_in(shared, registry, ip, request)
+                        };
+                        shared
+                            .private
+                            .answer(ip, request, &mut challenge, in_private)
+                    }
+                    request => answer(shared, ip, request),
+                };
                 // A client that does not take its reply is as evictable as an idle one.
                 conn.wait(stamp(origin, Instant::now()));
                 reply.write_to(&mut writer)?;
@@ -553,7 +570,31 @@ fn linger_and_close(stream: &TcpStream) {
     let _ = io::copy(&mut drain.take(LINGER_BYTES), &mut io::sink());
 }
 
+/// Counters over the public and the private tables.
+fn all_stats(shared: &Shared, now: Instant) -> ConductorStats {
+    let public = shared.registry().stats(now);
+    let private = shared.private.registry.lock().stats(now);
+    ConductorStats {
+        swarms: public.swarms + private.swarms,
+        members: public.members + private.members,
+        announces_per_sec: public.announces_per_sec + private.announces_per_sec,
+    }
+}
+
 fn answer(shared: &Shared, ip: IpAddr, request: ConductorRequest) -> ConductorReply {
+    match request {
+        ConductorRequest::Stats => ConductorReply::Stats(all_stats(shared, Instant::now())),
+        request => answer_in(shared, &shared.registry, ip, request),
+    }
+}
+
+/// Answers `ANNOUNCE` and `LEAVE` from the member table `registry` (public or private).
+fn answer_in(
+    shared: &Shared,
+    registry: &Mutex<Registry>,
+    ip: IpAddr,
+    request: ConductorRequest,
+) -> ConductorReply {
     let now = Instant::now();
     match request {
         ConductorRequest::Announce {
@@ -562,7 +603,7 @@ fn answer(shared: &Shared, ip: IpAddr, request: ConductorRequest) -> ConductorRe
             port,
         } => {
             let addr = SocketAddr::new(ip, port);
-            let result = shared.registry().announce(swarm, addr, peer_id, now);
+            let result = registry.lock().announce(swarm, addr, peer_id, now);
             match result {
                 Ok((change, peers)) => {
                     match change {
@@ -593,13 +634,13 @@ fn answer(shared: &Shared, ip: IpAddr, request: ConductorRequest) -> ConductorRe
             port,
         } => {
             let addr = SocketAddr::new(ip, port);
-            let removed = shared.registry().leave(swarm, addr, peer_id);
+            let removed = registry.lock().leave(swarm, addr, peer_id);
             if removed {
                 info!(target: LOG_TARGET, "leave {} {addr}", short(&swarm));
             }
             ConductorReply::Ok
         }
-        ConductorRequest::Stats => ConductorReply::Stats(shared.registry().stats(now)),
+        _ => ConductorReply::Error("not a member request".into()),
     }
 }
 
@@ -614,7 +655,11 @@ fn reap(shared: &Shared) {
         let now = Instant::now();
         // Early in the process's life no member can be that old yet.
         let expired = match now.checked_sub(max_age) {
-            Some(cutoff) => shared.registry().expire(cutoff),
+            Some(cutoff) => {
+                let mut expired = shared.registry().expire(cutoff);
+                expired.extend(shared.private.registry.lock().expire(cutoff));
+                expired
+            }
             None => Vec::new(),
         };
         for (swarm, addr) in expired.iter().take(MAX_EXPIRY_LINES) {
@@ -644,22 +689,33 @@ fn restore(shared: &Shared, path: &Path) {
             info!(target: LOG_TARGET, "no state file at {shown} yet: starting with no members")
         }
         Ok(Some(loaded)) => {
+            let read = loaded.members.len() + loaded.private.len();
+            let put_back_private = {
+                let mut private = shared.private.registry.lock();
+                loaded
+                    .private
+                    .into_iter()
+                    .filter(|&(swarm, addr, peer_id, seen)| {
+                        private.restore(swarm, addr, peer_id, seen)
+                    })
+                    .count()
+            };
             let mut registry = shared.registry();
-            let read = loaded.members.len();
-            let put_back = loaded
-                .members
-                .into_iter()
-                .filter(|&(swarm, addr, peer_id, seen)| {
-                    registry.restore(swarm, addr, peer_id, seen)
-                })
-                .count();
+            let put_back = put_back_private
+                + loaded
+                    .members
+                    .into_iter()
+                    .filter(|&(swarm, addr, peer_id, seen)| {
+                        registry.restore(swarm, addr, peer_id, seen)
+                    })
+                    .count();
             registry.events.send(ConductorEvent::StateLoaded {
                 path: shown.clone(),
                 members: put_back as u64,
                 expired: loaded.expired,
             });
-            let stats = registry.stats(Instant::now());
             drop(registry);
+            let stats = all_stats(shared, Instant::now());
             info!(
                 target: LOG_TARGET,
                 "state from {shown}: {} members in {} swarms put back, {} expired meanwhile{}",
@@ -687,11 +743,11 @@ fn restore(shared: &Shared, path: &Path) {
 /// [`state::SAVE_PERIOD`], refreshes every half interval, until the conductor stops.
 fn keep_saved(shared: &Shared, path: &Path) {
     let refresh_period = (shared.config.interval / 2).max(state::SAVE_PERIOD);
-    let mut saved = shared.registry().changes;
+    let mut saved = all_changes(shared);
     let mut saved_at = Instant::now();
     let mut failing = false;
     while !shared.stop.wait(state::SAVE_PERIOD) {
-        let changes = shared.registry().changes;
+        let changes = all_changes(shared);
         let due = changes.membership != saved.membership
             || (changes.refreshes != saved.refreshes && saved_at.elapsed() >= refresh_period);
         if due {
@@ -701,16 +757,28 @@ fn keep_saved(shared: &Shared, path: &Path) {
     }
 }
 
-/// Writes the state file now, and returns the changes it covers. A failure is logged and told
-/// once until a save succeeds again (`failing`).
+/// The changes of the public and the private tables together.
+fn all_changes(shared: &Shared) -> Changes {
+    let public = shared.registry().changes;
+    public.plus(shared.private.registry.lock().changes)
+}
+
+/// Writes the state file now (the public and the private tables), and returns the changes it
+/// covers. A failure is logged and told once until a save succeeds again (`failing`).
 fn save(shared: &Shared, path: &Path, failing: &mut bool) -> Changes {
-    let (members, changes, now, wall) = {
+    // One table at a time: never both locks at once.
+    let (private, private_changes) = {
+        let private = shared.private.registry.lock();
+        (private.snapshot(), private.changes)
+    };
+    let (members, public_changes, now, wall) = {
         let registry = shared.registry();
         let taken = (Instant::now(), SystemTime::now());
         (registry.snapshot(), registry.changes, taken.0, taken.1)
     };
+    let changes = public_changes.plus(private_changes);
     let shown = path.display().to_string();
-    match state::save(path, members, now, wall) {
+    match state::save(path, members, private, now, wall) {
         Ok(()) => {
             if std::mem::take(failing) {
                 info!(target: LOG_TARGET, "state file {shown} written again");
@@ -733,14 +801,16 @@ fn save(shared: &Shared, path: &Path, failing: &mut bool) -> Changes {
 /// The summary: an event with the member counts, and a log line with the connection counters
 /// since the last one too.
 fn summarize(shared: &Shared, now: Instant) {
-    let (stats, refused) = {
+    let private_refused = shared.private.registry.lock().take_refused();
+    let stats = all_stats(shared, now);
+    let failures = shared.private.failures.total();
+    let refused = {
         let mut registry = shared.registry();
-        let stats = registry.stats(now);
         let uptime = now.saturating_duration_since(shared.started);
         registry
             .events
-            .send(ConductorEvent::summary(&stats, uptime, false));
-        (stats, registry.take_refused())
+            .send(ConductorEvent::summary(&stats, failures, uptime, false));
+        registry.take_refused() + private_refused
     };
     let turned_away = shared.turned_away.swap(0, Ordering::Relaxed);
     let evicted = shared.evicted.swap(0, Ordering::Relaxed);
@@ -748,6 +818,6 @@ fn summarize(shared: &Shared, now: Instant) {
     let (clients, sources) = shared.connections().clients();
     info!(
         target: LOG_TARGET,
-        "{stats}  clients: {clients} from {sources} addresses  refused: {refused}  busy: {turned_away}  evicted: {evicted}  silent: {silent}",
+        "{stats}  clients: {clients} from {sources} addresses  refused: {refused}  busy: {turned_away}  evicted: {evicted}  silent: {silent}  auth failures: {failures}",
     );
 }

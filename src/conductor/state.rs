@@ -6,7 +6,8 @@
 //! time it was last seen, so that it expires as usual (two intervals and a second after its
 //! last announce, counted across the restart by the wall clock) if it does not announce again.
 //!
-//! The file is JSON (serde), one object: a format name and version, and the members. It is
+//! The file is JSON (serde), one object: a format name and version, and the members, those of
+//! private swarms (the conductor's table of signed announces) marked `"private": true`. It is
 //! replaced atomically (written to `FILE.tmp`, synced, renamed over `FILE`, the folder synced),
 //! so a crash leaves the old file or the new one, never half of one. The conductor writes it at
 //! most every [`SAVE_PERIOD`] when members joined or left, every half interval when they only
@@ -61,12 +62,21 @@ struct SavedMember {
     peer_id: String,
     /// When it last announced, in milliseconds since the Unix epoch.
     last_seen_unix_ms: u64,
+    /// In the table of private swarms (signed announces); absent: the public one.
+    #[serde(default, skip_serializing_if = "is_false")]
+    private: bool,
+}
+
+fn is_false(flag: &bool) -> bool {
+    !flag
 }
 
 /// What loading found: the members still fresh, and how many had expired meanwhile.
 #[derive(Debug)]
 pub(super) struct Loaded {
     pub(super) members: Vec<Entry>,
+    /// Members of private swarms, for the table of signed announces.
+    pub(super) private: Vec<Entry>,
     pub(super) expired: u64,
 }
 
@@ -122,6 +132,7 @@ fn parse(
     let wall_ms = unix_ms(wall);
     let mut loaded = Loaded {
         members: Vec::with_capacity(state.members.len()),
+        private: Vec::new(),
         expired: 0,
     };
     for (i, saved) in state.members.iter().enumerate() {
@@ -141,23 +152,32 @@ fn parse(
             continue;
         }
         let last_seen = now.checked_sub(age).unwrap_or(now);
-        loaded
-            .members
-            .push((swarm, saved.addr, PeerId(id), last_seen));
+        let table = match saved.private {
+            true => &mut loaded.private,
+            false => &mut loaded.members,
+        };
+        table.push((swarm, saved.addr, PeerId(id), last_seen));
     }
     Ok(loaded)
 }
 
-/// Replaces the state file at `path` with `members` (the [`MAX_STATE_MEMBERS`] seen last),
-/// atomically. `now` and `wall` are the same moment on both clocks.
+/// Replaces the state file at `path` with `members` and the `private` swarms' members (the
+/// [`MAX_STATE_MEMBERS`] seen last of both), atomically. `now` and `wall` are the same moment
+/// on both clocks.
 pub(super) fn save(
     path: &Path,
-    mut members: Vec<Entry>,
+    members: Vec<Entry>,
+    private: Vec<Entry>,
     now: Instant,
     wall: SystemTime,
 ) -> anyhow::Result<()> {
+    let mut members: Vec<(Entry, bool)> = members
+        .into_iter()
+        .map(|entry| (entry, false))
+        .chain(private.into_iter().map(|entry| (entry, true)))
+        .collect();
     if members.len() > MAX_STATE_MEMBERS {
-        members.select_nth_unstable_by(MAX_STATE_MEMBERS - 1, |a, b| b.3.cmp(&a.3));
+        members.select_nth_unstable_by(MAX_STATE_MEMBERS - 1, |a, b| b.0 .3.cmp(&a.0 .3));
         members.truncate(MAX_STATE_MEMBERS);
     }
     let wall_ms = unix_ms(wall);
@@ -166,7 +186,7 @@ pub(super) fn save(
         version: VERSION,
         members: members
             .into_iter()
-            .map(|(swarm, addr, peer_id, last_seen)| {
+            .map(|((swarm, addr, peer_id, last_seen), private)| {
                 let age = now.saturating_duration_since(last_seen);
                 SavedMember {
                     swarm: swarm.to_hex(),
@@ -174,6 +194,7 @@ pub(super) fn save(
                     peer_id: peer_id.to_string(),
                     last_seen_unix_ms: wall_ms
                         .saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),
+                    private,
                 }
             })
             .collect(),
@@ -232,7 +253,7 @@ mod tests {
         let wall = SystemTime::now();
         let fresh = entry(1, now - Duration::from_secs(10));
         let old = entry(2, now - Duration::from_secs(50));
-        save(&path, vec![fresh, old], now, wall).unwrap();
+        save(&path, vec![fresh, old], Vec::new(), now, wall).unwrap();
         assert!(!tmp_path(&path).exists());
 
         // Read back 5 s later: ages grow by the time the conductor was away.
@@ -257,6 +278,22 @@ mod tests {
     }
 
     #[test]
+    fn private_swarms_members_come_back_to_their_own_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let (public, private) = (entry(1, now), entry(2, now));
+        save(&path, vec![public], vec![private], now, wall).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert_eq!(text.matches("\"private\":true").count(), 1, "{text}");
+        let loaded = load(&path, MAX_AGE, now, wall).unwrap().unwrap();
+        assert_eq!(loaded.members.len(), 1);
+        assert_eq!(loaded.members[0].1, public.1);
+        assert_eq!(loaded.private.len(), 1);
+        assert_eq!(loaded.private[0].1, private.1);
+    }
+
+    #[test]
     fn saving_keeps_the_members_seen_last() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
@@ -271,7 +308,7 @@ mod tests {
             })
             .collect();
         let wall = SystemTime::now();
-        save(&path, members, now, wall).unwrap();
+        save(&path, members, Vec::new(), now, wall).unwrap();
         let hour = Duration::from_secs(3600);
         let loaded = load(&path, hour, now, wall).unwrap().unwrap();
         assert_eq!(loaded.members.len(), MAX_STATE_MEMBERS);
@@ -285,7 +322,7 @@ mod tests {
         let path = dir.path().join("state.json");
         let now = Instant::now();
         let wall = SystemTime::now();
-        save(&path, vec![entry(1, now)], now, wall).unwrap();
+        save(&path, vec![entry(1, now)], Vec::new(), now, wall).unwrap();
         let good = fs::read_to_string(&path).unwrap();
         let member = |swarm: &str, addr: &str, peer: &str| {
             format!(

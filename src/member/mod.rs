@@ -42,6 +42,7 @@ use anyhow::Context;
 
 use crate::cli::exit;
 use crate::orch::{Orchestra, SwarmId};
+use crate::secure::SwarmSecret;
 use picker::Picker;
 use policy::PolicyFactory;
 use shared::Shared;
@@ -78,6 +79,9 @@ pub struct MemberConfig {
     pub origins: Vec<String>,
     /// Cap in bytes per second over all origin requests (`--origin-max-rate`).
     pub origin_max_rate: Option<u64>,
+    /// A private swarm's secret (its key file): every peer link proves it and is encrypted,
+    /// and conductor requests are signed. `None`: the public swarm of the `.orch`.
+    pub secret: Option<SwarmSecret>,
 }
 
 impl MemberConfig {
@@ -99,6 +103,7 @@ impl MemberConfig {
             conductors: Vec::new(),
             origins: Vec::new(),
             origin_max_rate: None,
+            secret: None,
         }
     }
 }

@@ -28,6 +28,7 @@ use super::swarm::Book;
 use super::throttle::TokenBucket;
 use super::{Event, FailureKind, MemberConfig, Phase};
 use crate::orch::{Orchestra, SwarmId};
+use crate::secure::{AuthFailures, SwarmKeys};
 use crate::sync::{panic_message, Condvar, Mutex};
 use crate::wire::PeerId;
 
@@ -56,8 +57,13 @@ pub struct Shared {
     pub orch: Orchestra,
     /// Where we announce: [`MemberConfig::conductors`], or else line 1 of the `.orch`.
     pub conductors: Vec<String>,
+    /// The `.orch`'s swarm id, or a private swarm's (the public key of its [`SwarmKeys`]).
     pub swarm: SwarmId,
     pub peer_id: PeerId,
+    /// A private swarm's keys, derived from `config.secret`.
+    pub keys: Option<SwarmKeys>,
+    /// Failed proofs of the key by peers that dialed us, per address.
+    pub auth_failures: AuthFailures,
     pub config: MemberConfig,
     /// The port peers reach us on, as announced.
     pub listen_port: u16,
@@ -111,9 +117,18 @@ impl Shared {
             true => parts.orch.conductors(),
             false => parts.config.conductors.clone(),
         };
+        let keys = parts
+            .config
+            .secret
+            .as_ref()
+            .map(|secret| SwarmKeys::derive(secret, parts.orch.swarm_id()));
         Ok(Shared {
             conductors,
-            swarm: parts.orch.swarm_id(),
+            swarm: keys
+                .as_ref()
+                .map_or_else(|| parts.orch.swarm_id(), |k| k.swarm),
+            keys,
+            auth_failures: AuthFailures::default(),
             peer_id: PeerId::random(),
             listen_port,
             origin: parts.complete,
@@ -271,6 +286,24 @@ impl Shared {
             let guard = count.lock();
             signal.wait_until(guard, deadline, |now| *now != seen);
         }
+    }
+
+    /// Counts a failed proof of the swarm's key by the peer at the other end of `stream`.
+    pub fn auth_failed(&self, stream: &TcpStream) {
+        if let Ok(addr) = stream.peer_addr() {
+            if self.auth_failures.record(addr.ip(), Instant::now()) {
+                log::info!(
+                    "refusing {} for {:?}: too many failed handshakes",
+                    addr.ip(),
+                    crate::secure::failures::REFUSAL
+                );
+            }
+        }
+    }
+
+    /// True while peers from `ip` are refused for failed proofs.
+    pub fn auth_refused(&self, ip: std::net::IpAddr) -> bool {
+        self.auth_failures.is_refused(ip, Instant::now())
     }
 
     pub fn is_shutting_down(&self) -> bool {

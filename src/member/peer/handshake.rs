@@ -1,6 +1,7 @@
 //! The `HELLO` exchange that opens every connection, and what is settled before anything else
 //! is sent: the same swarm, not ourselves.
 //!
+//! In a private swarm a Noise handshake ([`secure`]) comes first and the `HELLO`s travel sealed.
 //! The dialer speaks first; the side that accepted answers before judging the peer, so that a
 //! member that dialed itself sees its own id and stops dialing that address.
 
@@ -10,8 +11,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
+use super::link::{PeerIn, PeerOut};
 use crate::member::shared::Shared;
 use crate::net::DeadlineStream;
+use crate::secure::handshake::{self as noise, Channel, SECURE_LINE};
 use crate::wire::{Hello, LineReader};
 
 /// How long a new connection may take to say `HELLO`.
@@ -24,11 +27,51 @@ pub struct Greeting {
     pub rtt: Option<Duration>,
 }
 
-/// Exchanges `HELLO`s on `stream`; `dialed` is the address we dialed, for an outgoing
-/// connection. Returns the peer's `HELLO` once it is known to be another member of our swarm.
-pub fn exchange(
+/// In a private swarm, runs the Noise handshake that comes before the `HELLO`s (see
+/// [`crate::secure::handshake`]) and returns the link's keys; in a public swarm, nothing.
+/// The acceptor reads the dialer's first line itself: anything but [`SECURE_LINE`] is refused,
+/// a public `HELLO` naming our private swarm as a failed proof.
+pub fn secure(
     shared: &Shared,
     stream: &TcpStream,
+    dialed: Option<SocketAddr>,
+) -> Result<Option<Channel>> {
+    let Some(keys) = &shared.keys else {
+        return Ok(None);
+    };
+    let mut raw = DeadlineStream::within(stream, HANDSHAKE_TIMEOUT);
+    if dialed.is_some() {
+        let mut output = stream;
+        return Ok(Some(noise::initiate(&mut raw, &mut output, keys)?));
+    }
+    // Read a byte at a time, so that nothing after the line is buffered away.
+    let mut first = LineReader::new(BufReader::with_capacity(1, &mut raw));
+    let line = first.read_line()?;
+    if line.trim() != SECURE_LINE {
+        if Hello::parse(line).is_ok_and(|h| h.swarm == shared.swarm) {
+            shared.auth_failed(stream);
+            bail!("a HELLO without the handshake of this private swarm");
+        }
+        let _ = (&mut &*stream).write_all(b"ERROR not in this swarm\n");
+        bail!("not a member of this private swarm");
+    }
+    let mut output = stream;
+    match noise::respond(&mut raw, &mut output, keys) {
+        Ok(channel) => Ok(Some(channel)),
+        Err(e) => {
+            shared.auth_failed(stream);
+            Err(e.into())
+        }
+    }
+}
+
+/// Exchanges `HELLO`s over the connection's streams; `dialed` is the address we dialed, for an
+/// outgoing connection. Returns the peer's `HELLO` once it is known to be another member of our
+/// swarm.
+pub fn exchange(
+    shared: &Shared,
+    input: &mut PeerIn,
+    output: &mut PeerOut,
     dialed: Option<SocketAddr>,
 ) -> Result<Greeting> {
     let ours = Hello {
@@ -36,29 +79,43 @@ pub fn exchange(
         peer_id: shared.peer_id,
         listen_port: shared.listen_port,
     };
-    let mut writer = stream;
     let sent = Instant::now();
     if dialed.is_some() {
-        writer.write_all(ours.to_line().as_bytes())?;
+        output.write_all(ours.to_line().as_bytes())?;
+        output.flush()?;
     }
     // The HELLO must arrive whole within the handshake timeout, however slowly it trickles.
     // It is read a byte at a time so that nothing after it is buffered away from the reader
     // that takes over the connection.
-    let mut hello = LineReader::new(BufReader::with_capacity(
-        1,
-        DeadlineStream::within(stream, HANDSHAKE_TIMEOUT),
-    ));
-    let theirs = Hello::parse(hello.read_line()?)?;
+    input
+        .deadline()
+        .set_deadline(Instant::now() + HANDSHAKE_TIMEOUT);
+    let mut hello = LineReader::new(BufReader::with_capacity(1, &mut *input));
+    let line = match hello.read_line() {
+        Ok(line) => line,
+        Err(e) => {
+            // Key confirmation: a dialer that cannot seal its HELLO does not hold the key (it
+            // may have replayed someone's first handshake message).
+            if dialed.is_none() && shared.keys.is_some() {
+                shared.auth_failed(input.deadline().stream());
+            }
+            return Err(e.into());
+        }
+    };
+    let theirs = Hello::parse(line)?;
     let rtt = dialed.is_some().then(|| sent.elapsed());
     if theirs.swarm != shared.swarm {
-        let _ = writer.write_all(b"ERROR not in this swarm\n");
+        let _ = output
+            .write_all(b"ERROR not in this swarm\n")
+            .and_then(|()| output.flush());
         bail!(
             "peer is in swarm {}, not ours",
             &theirs.swarm.to_hex()[..12]
         );
     }
     if dialed.is_none() {
-        writer.write_all(ours.to_line().as_bytes())?;
+        output.write_all(ours.to_line().as_bytes())?;
+        output.flush()?;
     }
     if theirs.peer_id == shared.peer_id {
         if let Some(dialed) = dialed {

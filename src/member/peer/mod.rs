@@ -1,6 +1,8 @@
 //! One connection to another member, from the first byte to the close.
 //!
-//! - [`handshake`]: the `HELLO` exchange and what is checked before anything else is sent;
+//! - [`handshake`]: the `HELLO` exchange and what is checked before anything else is sent, after
+//!   the Noise handshake in a private swarm;
+//! - [`link`]: the connection's two byte streams, plain or sealed;
 //! - [`reader`]: the thread that owns the conversation: it takes the peer's have-map and `HAVE`s,
 //!   keeps requests in flight, verifies every part it receives before storing it, and queues
 //!   uploads;
@@ -12,6 +14,7 @@
 //! would otherwise both block in `write` and never read.
 
 pub mod handshake;
+pub mod link;
 pub mod listener;
 pub mod outbox;
 pub mod reader;
@@ -27,8 +30,10 @@ use super::bitfield::Bitfield;
 use super::requests::Requests;
 use super::shared::{OnPanic, Shared};
 use super::{Event, FailureKind};
+use crate::net::DeadlineStream;
 use crate::sync::Mutex;
 use crate::wire::{PeerId, PeerMessage};
+use link::{PeerIn, PeerOut};
 use outbox::{Outbox, Outgoing};
 use reader::Conversation;
 
@@ -120,7 +125,16 @@ pub fn serve(
     stream.set_nodelay(true)?;
     crate::net::limit_unsent(&stream, UNSENT_LOW_WATER);
     stream.set_write_timeout(Some(shared.config.peer_timeout))?;
-    let greeting = handshake::exchange(shared, &stream, dialed)?;
+    if shared.keys.is_some() && dialed.is_none() && shared.auth_refused(addr.ip()) {
+        bail!("refused: too many failed handshakes from this address");
+    }
+    let channel = handshake::secure(shared, &stream, dialed)?;
+    let mut input = PeerIn::new(
+        DeadlineStream::within(&stream, handshake::HANDSHAKE_TIMEOUT),
+        channel.as_ref(),
+    );
+    let mut output = PeerOut::new(stream.try_clone()?, channel.as_ref());
+    let greeting = handshake::exchange(shared, &mut input, &mut output, dialed)?;
     let theirs = greeting.hello;
     let listen_addr = match dialed {
         Some(dialed) => Some(dialed),
@@ -162,7 +176,6 @@ pub fn serve(
     {
         let for_writer = Arc::clone(shared);
         let link = Arc::clone(&link);
-        let writer_stream = stream.try_clone()?;
         let started = shared.spawn("peer-writer", OnPanic::DropPeer, move || {
             let shared = for_writer;
             // Closes the link however the writer ends, a panic included.
@@ -170,7 +183,7 @@ pub fn serve(
                 shared: &shared,
                 link: &link,
             };
-            if let Err(e) = writer::write_loop(&shared, &link, writer_stream) {
+            if let Err(e) = writer::write_loop(&shared, &link, output) {
                 log::debug!("peer {}: writer: {e:#}", link.addr);
             }
         });
@@ -180,7 +193,7 @@ pub fn serve(
         }
     }
 
-    let result = Conversation::new(shared, &link, greeting.rtt).run(&stream);
+    let result = Conversation::new(shared, &link, greeting.rtt).run(input);
     registered.reason = Some(match &result {
         Ok(()) => "closed".to_string(),
         Err(e) => format!("{e:#}"),

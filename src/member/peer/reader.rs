@@ -2,17 +2,18 @@
 //! and `HAVE`s, keeps requests in flight, answers the peer's requests by queueing uploads, and
 //! verifies every part it receives against the `.orch` before storing it.
 //!
-//! Every read has a deadline ([`DeadlineStream`]): each line must come within the peer timeout,
+//! Every read has a deadline ([`crate::net::DeadlineStream`]): each line must come within the peer timeout,
 //! each part within the peer timeout per MiB, so a peer trickling bytes cannot hold our requests.
 
 use std::io::BufReader;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 
+use super::link::PeerIn;
 use super::outbox::MAX_QUEUED_UPLOADS;
 use super::{store_part, PeerLink};
 use crate::member::bitfield::Bitfield;
@@ -20,7 +21,6 @@ use crate::member::requests::Pipeline;
 use crate::member::shared::Shared;
 use crate::member::throttle::CHUNK;
 use crate::member::Event;
-use crate::net::DeadlineStream;
 use crate::orch::Checksum;
 use crate::wire::{LineReader, PeerMessage, WireError, MAX_PEX};
 
@@ -31,7 +31,7 @@ const MIN_PICK_WINDOW: u32 = 16;
 /// Bytes read from the socket at once.
 const READ_BUFFER: usize = 256 << 10;
 
-type PeerReader<'a> = LineReader<BufReader<DeadlineStream<'a>>>;
+type PeerReader<'a> = LineReader<BufReader<PeerIn<'a>>>;
 
 /// The reader side of one connection.
 pub struct Conversation<'a> {
@@ -75,12 +75,10 @@ impl<'a> Conversation<'a> {
     }
 
     /// Runs the conversation until the peer closes, misbehaves, goes silent, or we stop.
-    pub fn run(mut self, stream: &TcpStream) -> Result<()> {
+    pub fn run(mut self, input: PeerIn<'_>) -> Result<()> {
         let timeout = self.shared.config.peer_timeout;
-        let mut reader = LineReader::new(BufReader::with_capacity(
-            READ_BUFFER,
-            DeadlineStream::within(stream, timeout),
-        ));
+        input.deadline().set_deadline(Instant::now() + timeout);
+        let mut reader = LineReader::new(BufReader::with_capacity(READ_BUFFER, input));
         self.send_pex();
         let parts = self.shared.orch.part_count();
         let orch = &self.shared.orch;
@@ -90,7 +88,7 @@ impl<'a> Conversation<'a> {
                 return Ok(());
             }
             // Each line must come whole within the peer timeout.
-            let deadline = reader.get_ref().get_ref();
+            let deadline = reader.get_ref().get_ref().deadline();
             deadline.set_idle_timeout(None);
             deadline.set_deadline(Instant::now() + timeout);
             let message = match reader.read_line() {
@@ -211,7 +209,7 @@ impl<'a> Conversation<'a> {
         // The peer timeout for each MiB: a slow link passes, a trickle does not.
         let allowed = self.shared.config.peer_timeout * len.div_ceil(1 << 20).max(1) as u32;
         let deadline = Instant::now() + allowed;
-        let stream = reader.get_ref().get_ref();
+        let stream = reader.get_ref().get_ref().deadline();
         stream.set_deadline(deadline);
         stream.set_idle_timeout(Some(self.shared.config.peer_timeout));
         let read = match &self.shared.download_cap {

@@ -1,12 +1,17 @@
 //! The writer side of one connection: control lines first, then parts, a `PING` when there has
 //! been nothing to send for a third of the peer timeout.
+//!
+//! A part goes from the file to the socket with `sendfile` on a plain link. A sealed link (a
+//! private swarm) must encrypt it, so it is read (`pread`, one [`CHUNK`] at a time) straight
+//! into the frame buffer, sealed there in place and written with the frames gathered into large
+//! writes.
 
-use std::io::{BufWriter, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::sync::atomic::Ordering;
 
 use anyhow::Result;
 
+use super::link::PeerOut;
 use super::outbox::{Next, Outgoing};
 use super::PeerLink;
 use crate::member::shared::Shared;
@@ -15,8 +20,7 @@ use crate::orch::Span;
 use crate::wire::{have_map_len, PeerMessage};
 
 /// The writer side of one connection: control lines first, then parts.
-pub fn write_loop(shared: &Shared, link: &PeerLink, stream: TcpStream) -> Result<()> {
-    let mut out = BufWriter::with_capacity(64 << 10, &stream);
+pub fn write_loop(shared: &Shared, link: &PeerLink, mut out: PeerOut) -> Result<()> {
     let ping_every = shared.config.peer_timeout / 3;
     loop {
         let item = match link
@@ -49,8 +53,7 @@ pub fn write_loop(shared: &Shared, link: &PeerLink, stream: TcpStream) -> Result
                 let len = span.len;
                 let sent = out
                     .write_all(PeerMessage::Piece { index, len }.to_line().as_bytes())
-                    .and_then(|()| out.flush())
-                    .and_then(|()| send_part(shared, &stream, span))
+                    .and_then(|()| send_part(shared, &mut out, span))
                     .map_err(|e| anyhow::anyhow!("sending part {index}: {e}"));
                 link.outbox.upload_done();
                 shared.note_uploads_changed();
@@ -76,20 +79,41 @@ pub fn write_loop(shared: &Shared, link: &PeerLink, stream: TcpStream) -> Result
 }
 
 /// Sends the part's bytes, in chunks that each wait for the upload cap when there is one.
-fn send_part(shared: &Shared, stream: &TcpStream, span: Span) -> std::io::Result<()> {
-    let Some(cap) = &shared.upload_cap else {
-        return shared.storage.send_to(stream, span);
+fn send_part(shared: &Shared, out: &mut PeerOut, span: Span) -> std::io::Result<()> {
+    let chunk_of = |done: usize| Span {
+        offset: span.offset + done as u64,
+        len: (span.len - done).min(CHUNK),
     };
-    let mut done = 0;
-    while done < span.len {
-        let len = (span.len - done).min(CHUNK);
-        cap.take(len);
-        let chunk = Span {
-            offset: span.offset + done as u64,
-            len,
-        };
-        shared.storage.send_to(stream, chunk)?;
-        done += len;
+    match out {
+        PeerOut::Plain(out) => {
+            out.flush()?;
+            let stream = out.get_ref();
+            let Some(cap) = &shared.upload_cap else {
+                return shared.storage.send_to(stream, span);
+            };
+            let mut done = 0;
+            while done < span.len {
+                let chunk = chunk_of(done);
+                cap.take(chunk.len);
+                shared.storage.send_to(stream, chunk)?;
+                done += chunk.len;
+            }
+        }
+        // Sealed: each chunk is read from storage straight into the frame that seals it; the
+        // frames reach the socket at the next flush or when the sealer's buffer is full.
+        PeerOut::Sealed(sealer) => {
+            let mut done = 0;
+            while done < span.len {
+                let chunk = chunk_of(done);
+                if let Some(cap) = &shared.upload_cap {
+                    cap.take(chunk.len);
+                }
+                sealer.write_from(chunk.len, |at, into| {
+                    shared.storage.read_at(chunk.offset + at as u64, into)
+                })?;
+                done += chunk.len;
+            }
+        }
     }
     Ok(())
 }

@@ -124,17 +124,24 @@ enum Watched {
     },
 }
 
-/// The one announce call, so that the request it sends is made in one place.
+/// The one announce call, so that the request it sends is made in one place: signed with the
+/// swarm's key in a private swarm.
 fn announce(shared: &Shared, conductor: &str) -> anyhow::Result<(Duration, Vec<SocketAddr>)> {
     let stopping = || shared.is_shutting_down();
-    conductor::announce_unless(
-        conductor,
-        shared.swarm,
-        shared.peer_id,
-        shared.listen_port,
-        CONDUCTOR_TIMEOUT,
-        &stopping,
-    )
+    let (id, port) = (shared.peer_id, shared.listen_port);
+    match &shared.keys {
+        Some(keys) => {
+            conductor::announce_signed(conductor, keys, id, port, CONDUCTOR_TIMEOUT, &stopping)
+        }
+        None => conductor::announce_unless(
+            conductor,
+            shared.swarm,
+            id,
+            port,
+            CONDUCTOR_TIMEOUT,
+            &stopping,
+        ),
+    }
 }
 
 /// Waits until `until`, probing the conductor every [`PROBE_PERIOD`]; returns early when it
@@ -220,13 +227,12 @@ pub fn leave(shared: &Shared, timeout: Duration) {
     std::thread::scope(|scope| {
         for conductor in &shared.conductors {
             let leave = move || {
-                if let Err(e) = conductor::leave(
-                    conductor,
-                    shared.swarm,
-                    shared.peer_id,
-                    shared.listen_port,
-                    timeout,
-                ) {
+                let (id, port) = (shared.peer_id, shared.listen_port);
+                let left = match &shared.keys {
+                    Some(keys) => conductor::leave_signed(conductor, keys, id, port, timeout),
+                    None => conductor::leave(conductor, shared.swarm, id, port, timeout),
+                };
+                if let Err(e) = left {
                     log::debug!("could not tell conductor {conductor} we are leaving: {e:#}");
                 }
             };
