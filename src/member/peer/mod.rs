@@ -18,6 +18,7 @@ pub mod link;
 pub mod listener;
 pub mod outbox;
 pub mod reader;
+pub mod verifier;
 pub mod writer;
 
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -36,6 +37,7 @@ use crate::wire::{PeerId, PeerMessage};
 use link::{PeerIn, PeerOut};
 use outbox::{Outbox, Outgoing};
 use reader::Conversation;
+use verifier::Verifier;
 
 pub use outbox::MAX_QUEUED_UPLOADS;
 
@@ -193,7 +195,12 @@ pub fn serve(
         }
     }
 
-    let result = Conversation::new(shared, &link, greeting.rtt).run(input);
+    // The verifier thread lives in this scope: it ends, and is joined, with the conversation.
+    let result = std::thread::scope(|scope| {
+        let verifier = Verifier::start(scope, shared, &link)
+            .map_err(|e| anyhow::anyhow!("cannot start its part verifier: {e}"))?;
+        Conversation::new(shared, &link, greeting.rtt, verifier).run(input)
+    });
     registered.reason = Some(match &result {
         Ok(()) => "closed".to_string(),
         Err(e) => format!("{e:#}"),

@@ -1,6 +1,7 @@
 //! The reader side of one connection, which owns the conversation: it takes the peer's have-map
 //! and `HAVE`s, keeps requests in flight, answers the peer's requests by queueing uploads, and
-//! verifies every part it receives against the `.orch` before storing it.
+//! hands every part it receives to the connection's [`Verifier`], which checks it against the
+//! `.orch` before storing it.
 //!
 //! Every read has a deadline ([`crate::net::DeadlineStream`]): each line must come within the peer timeout,
 //! each part within the peer timeout per MiB, so a peer trickling bytes cannot hold our requests.
@@ -15,13 +16,12 @@ use anyhow::{anyhow, bail, Result};
 
 use super::link::PeerIn;
 use super::outbox::MAX_QUEUED_UPLOADS;
-use super::{store_part, PeerLink};
+use super::verifier::Verifier;
+use super::PeerLink;
 use crate::member::bitfield::Bitfield;
 use crate::member::requests::Pipeline;
 use crate::member::shared::Shared;
 use crate::member::throttle::CHUNK;
-use crate::member::Event;
-use crate::orch::Checksum;
 use crate::wire::{LineReader, PeerMessage, WireError, MAX_PEX};
 
 /// How long a part a peer rejected is asked from others only.
@@ -41,6 +41,12 @@ pub struct Conversation<'a> {
     got_have_map: bool,
     pipeline: Pipeline,
     buffer: Vec<u8>,
+    verifier: Verifier,
+    /// The part handed to the verifier last, which may still be being checked: not to be asked
+    /// of this peer again meanwhile, though it is no longer among the requests out.
+    verifying: Option<u32>,
+    /// The requests out plus [`Conversation::verifying`], for the picker.
+    asked: Vec<u32>,
     /// Parts this peer rejected, and when: not asked again for [`REJECT_RETRY`].
     rejected: Vec<(u32, Instant)>,
     /// When the oldest unanswered request was sent, or the last part arrived.
@@ -53,6 +59,7 @@ impl<'a> Conversation<'a> {
         shared: &'a Arc<Shared>,
         link: &'a Arc<PeerLink>,
         handshake_rtt: Option<Duration>,
+        verifier: Verifier,
     ) -> Conversation<'a> {
         let mut pipeline = Pipeline::new(
             shared.config.pipeline,
@@ -69,6 +76,9 @@ impl<'a> Conversation<'a> {
             got_have_map: false,
             pipeline,
             buffer: Vec::new(),
+            verifier,
+            verifying: None,
+            asked: Vec::new(),
             rejected: Vec::new(),
             last_progress: Instant::now(),
         }
@@ -76,6 +86,16 @@ impl<'a> Conversation<'a> {
 
     /// Runs the conversation until the peer closes, misbehaves, goes silent, or we stop.
     pub fn run(mut self, input: PeerIn<'_>) -> Result<()> {
+        let result = self.converse(input);
+        // A bad part closes the connection from the verifier: its reason, not the read error
+        // the close caused here, is why the connection ended.
+        match self.verifier.stopped() {
+            Some(why) => Err(anyhow!(why)),
+            None => result,
+        }
+    }
+
+    fn converse(&mut self, input: PeerIn<'_>) -> Result<()> {
         let timeout = self.shared.config.peer_timeout;
         input.deadline().set_deadline(Instant::now() + timeout);
         let mut reader = LineReader::new(BufReader::with_capacity(READ_BUFFER, input));
@@ -239,25 +259,11 @@ impl<'a> Conversation<'a> {
         if !expected {
             return Ok(());
         }
-        let shared = self.shared;
-        if Checksum::of(&self.buffer) != shared.orch.part_checksums[index as usize] {
-            shared.picker.lock().release(index);
-            shared
-                .counters
-                .parts_rejected
-                .fetch_add(1, Ordering::Relaxed);
-            shared.emit(Event::PartRejected {
-                index,
-                addr: self.link.addr,
-            });
-            return Err(self.misbehaved(format!("part {index} failed its checksum")));
-        }
-        let buffer = std::mem::take(&mut self.buffer);
-        let (buffer, new) = store_part(shared, index, buffer, Some(self.link))?;
-        self.buffer = buffer;
-        if new {
-            shared.note_peer_used(self.link.peer_id);
-        }
+        let part = std::mem::replace(&mut self.buffer, self.verifier.spare());
+        self.verifier
+            .submit(index, part)
+            .map_err(|why| anyhow!(why))?;
+        self.verifying = Some(index);
         Ok(())
     }
 
@@ -294,14 +300,18 @@ impl<'a> Conversation<'a> {
             self.last_progress = now;
         }
         let window = (2 * peers * depth as u32).max(MIN_PICK_WINDOW);
+        self.asked.clear();
+        self.asked.extend(&requests.out);
+        self.asked.extend(self.verifying);
         while requests.out.len() < depth {
             let picked = self
                 .shared
                 .picker
                 .lock()
-                .pick(&self.their_have, &requests.out, window);
+                .pick(&self.their_have, &self.asked, window);
             let Some(index) = picked else { break };
             requests.push(index, now);
+            self.asked.push(index);
             self.link.send(PeerMessage::Request(index));
         }
     }
