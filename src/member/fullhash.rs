@@ -19,7 +19,10 @@ use crate::orch::Checksum;
 use crate::sync::{Condvar, Mutex};
 
 /// Most bytes of handed-over parts held while waiting for the parts before them.
-const MAX_PENDING_BYTES: usize = 24 << 20;
+const MAX_PENDING_BYTES: usize = 8 << 20;
+/// Hashed buffers kept to give back: one for each thread that hands parts over is plenty;
+/// more would only hold memory (they used to pile up to the pending bytes again).
+const MAX_SPARES: usize = 1;
 
 #[derive(Default)]
 struct State {
@@ -121,7 +124,9 @@ fn follow_prefix(shared: &Shared) -> Option<Result<Checksum, String>> {
                 drop(state);
                 sha.update(&buffer);
                 let mut state = hasher.state.lock();
-                state.spare.push(buffer);
+                if state.spare.len() < MAX_SPARES {
+                    state.spare.push(buffer);
+                }
                 next += 1;
                 state.next = next;
                 continue;
