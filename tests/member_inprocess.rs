@@ -479,34 +479,37 @@ fn a_part_refused_while_spreading_is_offered_again_once_every_part_went_out() {
 }
 
 /// A peer refused a second copy while the seeder spreads, which asks for it again, found no
-/// other source: it is served although other parts never went out. Without this, a seeder whose
-/// remaining parts a second seeder delivered, or whose only copy went to a member that has left,
-/// held the part back for ever, and the asker never finished.
+/// other source: once the seeder's uplink has nothing else to send, it is served although
+/// other parts never went out. Without this, a seeder whose remaining parts a second seeder
+/// delivered, or whose only copy went to a member that has left, held the part back for ever,
+/// and the asker never finished.
 #[test]
 fn a_part_asked_again_after_a_refusal_is_served_while_spreading() {
     let _one = ONE_AT_A_TIME.lock();
     let (mut session, _conductor) = SpreadingSeeder::start(3);
     session.request(0);
     session.request(0);
-    let mut seen = Vec::new();
+    let (mut pieces, mut rejects) = (0, 0);
     let deadline = Instant::now() + LIMIT;
-    while seen.len() < 3 {
-        assert!(Instant::now() < deadline, "only {seen:?} within {LIMIT:?}");
+    while pieces < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "{pieces} copies of part 0 and {rejects} refusals within {LIMIT:?}"
+        );
         match session.message() {
-            PeerMessage::Piece { index, len } => {
+            PeerMessage::Piece { index: 0, len } => {
                 session.reader.read_payload(&mut vec![0; len]).unwrap();
-                seen.push(format!("piece {index}"));
+                pieces += 1;
             }
-            PeerMessage::Reject(index) => {
-                seen.push(format!("reject {index}"));
-                session.request(index);
+            // Refused while the first copy is still on its way: ask again.
+            PeerMessage::Reject(0) => {
+                rejects += 1;
+                session.request(0);
             }
             PeerMessage::Pex(_) | PeerMessage::Ping => {}
             other => panic!("unexpected {other:?}"),
         }
     }
-    // Control lines go out before parts, so the refusal may come before the first copy.
-    seen.sort();
-    assert_eq!(seen, ["piece 0", "piece 0", "reject 0"]);
+    assert!(rejects >= 1, "the second copy was first held back");
     session.seeder.quit(LIMIT);
 }

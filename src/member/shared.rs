@@ -272,6 +272,11 @@ impl Shared {
         self.draining.load(Ordering::Acquire)
     }
 
+    /// No connection has a part queued or being sent: the uplink has nothing to do.
+    pub fn uploads_idle(&self) -> bool {
+        self.peers.lock().values().all(|l| l.uploads_idle())
+    }
+
     /// Waits until every connection's uploads are idle, shutdown begins, or `timeout` passes.
     pub fn wait_uploads_idle(&self, timeout: Duration) {
         let (count, signal) = &self.uploads_changed;
@@ -279,8 +284,7 @@ impl Shared {
         loop {
             // Read the count before looking, so a change while looking is not slept through.
             let seen = *count.lock();
-            let idle = self.peers.lock().values().all(|l| l.uploads_idle());
-            if idle || self.is_shutting_down() || Instant::now() >= deadline {
+            if self.uploads_idle() || self.is_shutting_down() || Instant::now() >= deadline {
                 return;
             }
             let guard = count.lock();

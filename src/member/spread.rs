@@ -7,7 +7,8 @@
 //! (`REJECT`) a part it has already served while some part has not yet been sent whole once;
 //! the asker picks another part and gets this one from the member that already has it. Once
 //! every part has gone out once, it serves everything; before that, a peer that asks again for
-//! a part it was refused is served (it found no other source). A part counts from the moment it is
+//! a part it was refused is served if the uplink has nothing else to send (it found no other
+//! source, and a second copy then delays nobody). A part counts from the moment it is
 //! queued; one cancelled or lost with its connection is withdrawn, so a part that never reached
 //! anyone is not held back. Each connection sends the queued part with the fewest copies out
 //! first. Members that finish later serve freely: they are not the only source of anything.
@@ -42,7 +43,7 @@ impl Spread {
     /// Whether to serve `index` now; counts it as served if so. `insist`: the asker was refused
     /// this part before and asks again, so it found no other source meanwhile (the parts another
     /// seeder sent may never be asked of this one, so "every part once" may never come, and the
-    /// member that had a copy from us may have left): serve it.
+    /// member that had a copy from us may have left), and our uplink is idle: serve it.
     pub fn admit(&self, index: u32, insist: bool) -> bool {
         let mut counts = self.counts.lock();
         let Some(&served) = counts.served.get(index as usize) else {

@@ -184,9 +184,14 @@ impl<'a> Conversation<'a> {
         let seeding = self.shared.origin && self.shared.is_seeding();
         let draining = self.shared.is_draining();
         let held_back = have && !draining && seeding && {
-            let mut held = self.link.held_back.lock();
-            let insist = held.get(index);
+            // Asked again after a refusal while the uplink has nothing else to send: a second
+            // copy then costs no other member anything, and the asker may have no other source
+            // (see `Spread::admit`). While the uplink is busy, as when it is the swarm's
+            // bottleneck, the part stays held back. (Not under our `held_back` lock: the peer
+            // table is taken first everywhere.)
+            let insist = self.link.held_back.lock().get(index) && self.shared.uploads_idle();
             let admitted = self.shared.spread.admit(index, insist);
+            let mut held = self.link.held_back.lock();
             if admitted {
                 held.clear(index);
             } else {
