@@ -19,7 +19,7 @@ use crate::wire::{ConductorReply, ConductorRequest, ConductorStats, LineReader, 
 pub type Cancelled<'a> = &'a (dyn Fn() -> bool + Sync);
 
 /// For calls nobody cancels.
-fn never() -> bool {
+pub(super) fn never() -> bool {
     false
 }
 
@@ -33,13 +33,31 @@ fn describe(conductor: &str, addr: SocketAddr) -> String {
 }
 
 /// Sends one request and reads the reply, within `timeout` from connecting to the last byte.
-/// Name resolution happens before and is bounded only by the system resolver.
 fn exchange(
     conductor: &str,
     request: &ConductorRequest,
     timeout: Duration,
     cancelled: Cancelled,
 ) -> anyhow::Result<ConductorReply> {
+    over_connection(conductor, timeout, cancelled, |stream, deadline| {
+        let mut stream = DeadlineStream::new(stream, deadline).cancellable(cancelled);
+        stream
+            .write_all(request.to_line().as_bytes())
+            .context("cannot send the request")?;
+        let mut reader = LineReader::new(BufReader::new(stream));
+        ConductorReply::read_from(&mut reader).context("no valid reply")
+    })
+}
+
+/// Connects to the first of `conductor`'s addresses that answers and runs `talk` on that
+/// connection, all within `timeout` (`talk` is given the deadline). Name resolution happens
+/// before and is bounded only by the system resolver.
+pub(super) fn over_connection<T>(
+    conductor: &str,
+    timeout: Duration,
+    cancelled: Cancelled,
+    mut talk: impl FnMut(&TcpStream, Instant) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     let deadline = Instant::now() + timeout;
     let addrs: Vec<SocketAddr> = conductor
         .to_socket_addrs()
@@ -58,25 +76,32 @@ fn exchange(
                 continue;
             }
         };
-        return talk(stream, request, deadline, cancelled)
-            .with_context(|| describe(conductor, addr));
+        return talk(&stream, deadline).with_context(|| describe(conductor, addr));
     }
     Err(failure)
 }
 
-fn talk(
-    stream: TcpStream,
-    request: &ConductorRequest,
-    deadline: Instant,
-    cancelled: Cancelled,
-) -> anyhow::Result<ConductorReply> {
-    let mut stream = DeadlineStream::new(&stream, deadline).cancellable(cancelled);
-    stream
-        .write_all(request.to_line().as_bytes())
-        .context("cannot send the request")?;
-    let mut reader = LineReader::new(BufReader::new(stream));
-    let reply = ConductorReply::read_from(&mut reader).context("no valid reply")?;
-    Ok(reply)
+/// What an `ANNOUNCE` (signed or not) must be answered with: the interval and some members.
+pub(super) fn peers_from(
+    conductor: &str,
+    reply: ConductorReply,
+) -> anyhow::Result<(Duration, Vec<SocketAddr>)> {
+    match reply {
+        ConductorReply::Peers { interval_ms, peers } => {
+            Ok((Duration::from_millis(interval_ms), peers))
+        }
+        ConductorReply::Error(why) => bail!("conductor {conductor} refused the announce: {why}"),
+        other => bail!("conductor {conductor} answered an announce with {other:?}"),
+    }
+}
+
+/// What a `LEAVE` (signed or not) must be answered with.
+pub(super) fn left_from(conductor: &str, reply: ConductorReply) -> anyhow::Result<()> {
+    match reply {
+        ConductorReply::Ok => Ok(()),
+        ConductorReply::Error(why) => bail!("conductor {conductor} refused the leave: {why}"),
+        other => bail!("conductor {conductor} answered a leave with {other:?}"),
+    }
 }
 
 /// Joins or refreshes membership of `swarm` as a member accepting peers on `port`, and returns
@@ -106,13 +131,10 @@ pub fn announce_unless(
         peer_id,
         port,
     };
-    match exchange(conductor, &request, timeout, cancelled)? {
-        ConductorReply::Peers { interval_ms, peers } => {
-            Ok((Duration::from_millis(interval_ms), peers))
-        }
-        ConductorReply::Error(why) => bail!("conductor {conductor} refused the announce: {why}"),
-        other => bail!("conductor {conductor} answered an announce with {other:?}"),
-    }
+    peers_from(
+        conductor,
+        exchange(conductor, &request, timeout, cancelled)?,
+    )
 }
 
 /// Tells the conductor this member is quitting, so others stop being sent to it at once.
@@ -128,11 +150,7 @@ pub fn leave(
         peer_id,
         port,
     };
-    match exchange(conductor, &request, timeout, &never)? {
-        ConductorReply::Ok => Ok(()),
-        ConductorReply::Error(why) => bail!("conductor {conductor} refused the leave: {why}"),
-        other => bail!("conductor {conductor} answered a leave with {other:?}"),
-    }
+    left_from(conductor, exchange(conductor, &request, timeout, &never)?)
 }
 
 /// The counters of a running conductor.

@@ -6,19 +6,15 @@
 //! deadline from connecting to the last byte.
 
 use std::io::{BufReader, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{bail, Context};
 
-use super::client::Cancelled;
+use super::client::{left_from, never, over_connection, peers_from, Cancelled};
 use crate::net::DeadlineStream;
 use crate::secure::{SignedFields, SwarmKeys};
 use crate::wire::{ConductorReply, ConductorRequest, LineReader, PeerId, Signature};
-
-fn never() -> bool {
-    false
-}
 
 /// [`super::announce_unless`] for a private swarm: the request is signed with `keys`.
 pub fn announce_signed(
@@ -34,13 +30,10 @@ pub fn announce_signed(
         peer_id,
         port,
     };
-    match exchange(conductor, keys, request, timeout, cancelled)? {
-        ConductorReply::Peers { interval_ms, peers } => {
-            Ok((Duration::from_millis(interval_ms), peers))
-        }
-        ConductorReply::Error(why) => bail!("conductor {conductor} refused the announce: {why}"),
-        other => bail!("conductor {conductor} answered an announce with {other:?}"),
-    }
+    let reply = over_connection(conductor, timeout, cancelled, |stream, deadline| {
+        talk(stream, keys, request.clone(), deadline, cancelled)
+    })?;
+    peers_from(conductor, reply)
 }
 
 /// [`super::leave`] for a private swarm.
@@ -56,42 +49,10 @@ pub fn leave_signed(
         peer_id,
         port,
     };
-    match exchange(conductor, keys, request, timeout, &never)? {
-        ConductorReply::Ok => Ok(()),
-        ConductorReply::Error(why) => bail!("conductor {conductor} refused the leave: {why}"),
-        other => bail!("conductor {conductor} answered a leave with {other:?}"),
-    }
-}
-
-fn exchange(
-    conductor: &str,
-    keys: &SwarmKeys,
-    request: ConductorRequest,
-    timeout: Duration,
-    cancelled: Cancelled,
-) -> anyhow::Result<ConductorReply> {
-    let deadline = Instant::now() + timeout;
-    let addrs: Vec<SocketAddr> = conductor
-        .to_socket_addrs()
-        .with_context(|| format!("cannot resolve conductor {conductor}"))?
-        .collect();
-    let mut failure = anyhow!("conductor {conductor}: the name resolves to no address");
-    for addr in addrs {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        let stream = match crate::net::connect(addr, left, cancelled) {
-            Ok(stream) => stream,
-            Err(e) => {
-                failure = anyhow!("conductor {conductor} ({addr}): cannot connect: {e}");
-                continue;
-            }
-        };
-        return talk(&stream, keys, request, deadline, cancelled)
-            .with_context(|| format!("conductor {conductor} ({addr})"));
-    }
-    Err(failure)
+    let reply = over_connection(conductor, timeout, &never, |stream, deadline| {
+        talk(stream, keys, request.clone(), deadline, &never)
+    })?;
+    left_from(conductor, reply)
 }
 
 fn talk(

@@ -118,6 +118,19 @@ pub fn read_handshake_message(input: &mut impl Read) -> Result<Vec<u8>, SecureEr
     Ok(message)
 }
 
+/// Noise's handshake state for this swarm's keys, as the dialer (`initiator`) or the acceptor.
+fn handshake_state(keys: &SwarmKeys, initiator: bool) -> Result<snow::HandshakeState, SecureError> {
+    let prologue = prologue(keys);
+    let builder = snow::Builder::new(builder_params())
+        .prologue(&prologue)
+        .psk(0, keys.psk());
+    match initiator {
+        true => builder.build_initiator(),
+        false => builder.build_responder(),
+    }
+    .map_err(|_| SecureError::Refused("cannot start the handshake"))
+}
+
 fn framed(message: &[u8]) -> Vec<u8> {
     let mut out = (message.len() as u16).to_be_bytes().to_vec();
     out.extend_from_slice(message);
@@ -130,12 +143,7 @@ pub fn initiate(
     output: &mut impl Write,
     keys: &SwarmKeys,
 ) -> Result<Channel, SecureError> {
-    let prologue = prologue(keys);
-    let mut noise = snow::Builder::new(builder_params())
-        .prologue(&prologue)
-        .psk(0, keys.psk())
-        .build_initiator()
-        .map_err(|_| SecureError::Refused("cannot start the handshake"))?;
+    let mut noise = handshake_state(keys, true)?;
     let mut message = [0u8; MAX_HANDSHAKE_MESSAGE];
     let len = noise
         .write_message(&[], &mut message)
@@ -159,12 +167,7 @@ pub fn respond(
     output: &mut impl Write,
     keys: &SwarmKeys,
 ) -> Result<Channel, SecureError> {
-    let prologue = prologue(keys);
-    let mut noise = snow::Builder::new(builder_params())
-        .prologue(&prologue)
-        .psk(0, keys.psk())
-        .build_responder()
-        .map_err(|_| SecureError::Refused("cannot start the handshake"))?;
+    let mut noise = handshake_state(keys, false)?;
     let first = read_handshake_message(input)?;
     let mut payload = [0u8; MAX_HANDSHAKE_MESSAGE];
     noise
