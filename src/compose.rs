@@ -10,8 +10,7 @@
 //! disk that fails from a file that no `.orch` can describe, and pick its exit code from it.
 
 use std::fmt;
-use std::fs::{self, OpenOptions};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -360,7 +359,7 @@ pub fn compose(
             _ => None,
         }
     };
-    write_atomically(&output, orchestra.to_text().as_bytes()).or_kind(Disk)?;
+    crate::atomic_file::replace(&output, orchestra.to_text().as_bytes(), 0o666).or_kind(Disk)?;
     Ok(Composed {
         file: options.file.clone(),
         orch_path: output,
@@ -429,32 +428,6 @@ fn check_output(output: &Path, file: &Path) -> Result<(), ComposeError> {
         }
     }
     Ok(())
-}
-
-/// Writes `bytes` to a temporary file next to `path` and renames it over `path`, so that a
-/// reader sees the old file or the whole new one, never part of it.
-fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut out = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&temp)
-            .with_context(|| format!("cannot create {}", temp.display()))?;
-        out.write_all(bytes)
-            .and_then(|()| out.sync_all())
-            .with_context(|| format!("cannot write {}", temp.display()))?;
-        fs::rename(&temp, path)
-            .with_context(|| format!("cannot rename {} to {}", temp.display(), path.display()))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    result
 }
 
 #[cfg(test)]

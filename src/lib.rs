@@ -9,6 +9,7 @@
 //! socket calls), [`sync`] (locks that do not poison), [`cli`] (what the programs share about
 //! talking to people) and [`json`] (their `--json` lines). docs/ARCHITECTURE.md has the map.
 
+pub mod atomic_file;
 pub mod cli;
 pub mod compose;
 pub mod conductor;

@@ -8,7 +8,8 @@
 //!
 //! The file is JSON (serde), one object: a format name and version, and the members, those of
 //! private swarms (the conductor's table of signed announces) marked `"private": true`. It is
-//! replaced atomically (written to `FILE.tmp`, synced, renamed over `FILE`, the folder synced),
+//! replaced atomically (`crate::atomic_file`: a temporary file beside it, synced, renamed over
+//! `FILE`, the folder synced),
 //! so a crash leaves the old file or the new one, never half of one. The conductor writes it at
 //! most every [`SAVE_PERIOD`] when members joined or left, every half interval when they only
 //! refreshed, and once more as it stops.
@@ -19,10 +20,10 @@
 //! entries go through the same caps as announces. Saving keeps the [`MAX_STATE_MEMBERS`]
 //! members seen last.
 
-use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::fs::File;
+use std::io::Read;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
@@ -199,36 +200,15 @@ pub(super) fn save(
             })
             .collect(),
     };
-    let tmp = tmp_path(path);
-    let written = (|| -> anyhow::Result<()> {
-        let mut file = File::create(&tmp).context("cannot create it")?;
-        serde_json::to_writer(&mut file, &state).context("cannot write it")?;
-        file.write_all(b"\n").context("cannot write it")?;
-        file.sync_all().context("cannot sync it")?;
-        Ok(())
-    })();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(e.context(format!("{}", tmp.display())));
-    }
-    fs::rename(&tmp, path).with_context(|| format!("cannot rename {} over it", tmp.display()))?;
-    // The rename is durable once the folder is synced; without it the new file still replaced
-    // the old one for every reader.
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        let _ = File::open(dir).and_then(|d| d.sync_all());
-    }
-    Ok(())
-}
-
-/// `FILE.tmp`, next to `FILE`, so that the rename stays on one file system.
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    path.with_file_name(name)
+    let mut bytes = serde_json::to_vec(&state).context("cannot encode the member table")?;
+    bytes.push(b'\n');
+    crate::atomic_file::replace(path, &bytes, 0o666)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     const MAX_AGE: Duration = Duration::from_secs(61);
@@ -254,7 +234,8 @@ mod tests {
         let fresh = entry(1, now - Duration::from_secs(10));
         let old = entry(2, now - Duration::from_secs(50));
         save(&path, vec![fresh, old], Vec::new(), now, wall).unwrap();
-        assert!(!tmp_path(&path).exists());
+        let files = fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(files, 1, "only the state file, no temporary one");
 
         // Read back 5 s later: ages grow by the time the conductor was away.
         let later = now + Duration::from_secs(5);

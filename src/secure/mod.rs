@@ -17,8 +17,8 @@ pub mod failures;
 pub mod handshake;
 
 use std::fmt;
-use std::fs::{self, OpenOptions};
-use std::io::{Read, Write};
+use std::fs;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
@@ -103,29 +103,7 @@ impl SwarmSecret {
     /// Writes the key file atomically (a temporary file renamed over `path`), readable by its
     /// owner only.
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let temp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-        let result = (|| {
-            let mut options = OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let mut out = options
-                .open(&temp)
-                .with_context(|| format!("cannot create {}", temp.display()))?;
-            out.write_all(self.to_text().as_bytes())
-                .and_then(|()| out.sync_all())
-                .with_context(|| format!("cannot write {}", temp.display()))?;
-            fs::rename(&temp, path)
-                .with_context(|| format!("cannot rename {} to {}", temp.display(), path.display()))
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&temp);
-        }
-        result
+        crate::atomic_file::replace(path, self.to_text().as_bytes(), 0o600)
     }
 }
 
