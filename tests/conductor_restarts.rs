@@ -7,8 +7,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -19,19 +18,6 @@ const KIB: usize = 1024;
 /// Far beyond any test: a member is listed again only because it noticed the restart, or
 /// because the state file kept it, never by its regular announce.
 const LONG_INTERVAL: &str = "1h";
-
-/// Starts a member and waits for its `start` event; returns it with its listen address.
-fn start_member(
-    name: &str,
-    orch: &Path,
-    dir: &Path,
-    extra: &[&str],
-) -> (Proc, PathBuf, SocketAddr) {
-    let (proc, events) = spawn_member(name, orch, dir, extra);
-    let start = wait_for_event(&events, "start", LIMIT, |_| true);
-    let addr = start["listen"].as_str().unwrap().parse().unwrap();
-    (proc, events, addr)
-}
 
 /// The members a state file holds, as `(addr, swarm)`; empty while it is missing or being
 /// replaced.

@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -22,19 +21,6 @@ const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
 /// `--peer-timeout` for members under test, in seconds.
 const PEER_TIMEOUT: f64 = 2.0;
-
-/// Starts a member and waits for its `start` event; returns it with its listen address.
-fn start_member(
-    name: &str,
-    orch: &Path,
-    dir: &Path,
-    extra: &[&str],
-) -> (Proc, PathBuf, SocketAddr) {
-    let (proc, events) = spawn_member(name, orch, dir, extra);
-    let start = wait_for_event(&events, "start", LIMIT, |_| true);
-    let addr = start["listen"].as_str().unwrap().parse().unwrap();
-    (proc, events, addr)
-}
 
 fn peer_timeout_flag() -> String {
     PEER_TIMEOUT.to_string()

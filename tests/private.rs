@@ -111,14 +111,6 @@ impl Swarm {
     }
 }
 
-/// Starts a seeder and returns it with the address it listens on.
-fn start_seeder(name: &str, orch: &Path, dir: &Path) -> (Proc, PathBuf, SocketAddr) {
-    let (proc, events) = spawn_member(name, orch, dir, &[]);
-    let start = wait_for_event(&events, "start", LIMIT, |_| true);
-    let addr = start["listen"].as_str().unwrap().parse().unwrap();
-    (proc, events, addr)
-}
-
 /// Reads what `stream` sends until it closes (or [`PROBE`] passes), at most 1 MiB.
 fn read_until_closed(stream: &TcpStream) -> Vec<u8> {
     let mut got = Vec::new();
@@ -227,7 +219,8 @@ fn plain_runs_in(capture: &[u8]) -> usize {
 fn transfer_through_relay(private: bool) -> (Swarm, Relay, SocketAddr, Proc) {
     let conductor = start_conductor(&["--interval", "1s"]);
     let swarm = Swarm::new(text_file(200 * 1024), &conductor.addr, private);
-    let (seeder, _, seeder_addr) = start_seeder("seeder", &swarm.hidden_orch(), &swarm.seed_dir);
+    let (seeder, _, seeder_addr) =
+        start_member("seeder", &swarm.hidden_orch(), &swarm.seed_dir, &[]);
     let relay = Relay::start(seeder_addr);
     // The conductor sends the member to the relay, as it would send it to the seeder.
     let me = PeerId::random();
@@ -270,7 +263,7 @@ fn composer_private_to_member_end_to_end() {
         assert_eq!(mode & 0o777, 0o600);
     }
 
-    let (_seeder, seed_events, _) = start_seeder("seeder", &swarm.orch_path, &swarm.seed_dir);
+    let (_seeder, seed_events, _) = start_member("seeder", &swarm.orch_path, &swarm.seed_dir, &[]);
     let start = last_event(&seed_events, "start").unwrap();
     assert_eq!(start["swarm"], swarm.swarm().to_hex());
     assert_ne!(swarm.swarm(), swarm.orch.swarm_id());
@@ -315,7 +308,7 @@ fn composer_private_to_member_end_to_end() {
 fn a_stranger_or_a_wrong_key_gets_nothing_from_a_member_then_is_refused() {
     let swarm = Swarm::new(sample_data(100 * 1024, 12), NO_CONDUCTOR, true);
     let keys = swarm.keys.as_ref().unwrap();
-    let (_seeder, _, addr) = start_seeder("seeder", &swarm.orch_path, &swarm.seed_dir);
+    let (_seeder, _, addr) = start_member("seeder", &swarm.orch_path, &swarm.seed_dir, &[]);
 
     // A stranger that knows the swarm id and speaks the public protocol.
     let stranger = TcpStream::connect(addr).unwrap();
@@ -364,7 +357,7 @@ fn a_stranger_or_a_wrong_key_gets_nothing_from_a_member_then_is_refused() {
 fn the_right_key_gets_a_sealed_hello() {
     let swarm = Swarm::new(sample_data(64 * 1024, 13), NO_CONDUCTOR, true);
     let keys = swarm.keys.as_ref().unwrap();
-    let (_seeder, _, addr) = start_seeder("seeder", &swarm.orch_path, &swarm.seed_dir);
+    let (_seeder, _, addr) = start_member("seeder", &swarm.orch_path, &swarm.seed_dir, &[]);
     let stream = TcpStream::connect(addr).unwrap();
     let mut input = DeadlineStream::within(&stream, PROBE);
     let mut output = &stream;
@@ -520,9 +513,9 @@ fn public_and_private_members_never_talk() {
     let public = Swarm::new(data, &conductor.addr, false);
     assert_ne!(private.swarm(), public.swarm());
     let (_private_seeder, _, private_addr) =
-        start_seeder("private seeder", &private.orch_path, &private.seed_dir);
+        start_member("private seeder", &private.orch_path, &private.seed_dir, &[]);
     let (_public_seeder, _, public_addr) =
-        start_seeder("public seeder", &public.orch_path, &public.seed_dir);
+        start_member("public seeder", &public.orch_path, &public.seed_dir, &[]);
 
     // A public HELLO of the public swarm to the private seeder, and the private handshake to
     // the public seeder: both closed, with nothing of the file.

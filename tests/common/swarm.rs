@@ -159,3 +159,18 @@ pub fn spawn_member(name: &str, orch: &Path, dir: &Path, extra: &[&str]) -> (Pro
     );
     (proc, events)
 }
+
+/// [`spawn_member`], then waits (up to a minute) for its `start` event; returns it with the
+/// address it listens on.
+pub fn start_member(
+    name: &str,
+    orch: &Path,
+    dir: &Path,
+    extra: &[&str],
+) -> (Proc, PathBuf, std::net::SocketAddr) {
+    let (proc, events) = spawn_member(name, orch, dir, extra);
+    let limit = std::time::Duration::from_secs(60);
+    let start = super::events::wait_for_event(&events, "start", limit, |_| true);
+    let addr = start["listen"].as_str().unwrap().parse().unwrap();
+    (proc, events, addr)
+}
