@@ -3,7 +3,7 @@
 //! swarm, and account for the run. What is shown, and how, is a [`Report`]'s business, so the
 //! same loop serves the terminal, `--json` and tests.
 
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -109,8 +109,9 @@ pub fn run(
     report.started(&member, &at_start);
     let mut meter = Meter::default();
     let mut announced_sharing = false;
-    let follow_events = |clock: &mut Clock, report: &mut dyn Report| {
-        for event in events.try_iter() {
+    let mut woken_by: Option<Event> = None;
+    let follow_events = |first: Option<Event>, clock: &mut Clock, report: &mut dyn Report| {
+        for event in first.into_iter().chain(events.try_iter()) {
             if event == Event::Complete {
                 clock.finished(Instant::now());
             }
@@ -118,7 +119,7 @@ pub fn run(
         }
     };
     let outcome = loop {
-        follow_events(&mut clock, report);
+        follow_events(woken_by.take(), &mut clock, report);
         let status = member.status();
         let now = Instant::now();
         meter.sample(now, &status);
@@ -145,12 +146,27 @@ pub fn run(
             }
             _ => {}
         }
-        if quit.is_requested() || quit.wait(POLL) {
+        if quit.is_requested() {
+            break Ok(());
+        }
+        // Woken by the member's next event (its completion among them), so that a finished
+        // download is seen at once rather than at the next poll; a quit is seen at the next
+        // turn, within POLL.
+        match events.recv_timeout(POLL) {
+            Ok(event) => woken_by = Some(event),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                if quit.wait(POLL) {
+                    break Ok(());
+                }
+            }
+        }
+        if quit.is_requested() {
             break Ok(());
         }
     };
     member.quit(LEAVE_TIMEOUT);
-    follow_events(&mut clock, report);
+    follow_events(woken_by.take(), &mut clock, report);
     let summary = Summary::new(&member.status(), &clock, member.elapsed());
     report.finished(&summary);
     (summary, outcome)
