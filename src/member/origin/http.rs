@@ -11,6 +11,7 @@ use std::io::{ErrorKind, Read};
 use std::time::{Duration, Instant};
 
 use super::range::{check_partial, range_header, Validator};
+use crate::member::storage::PartBuffer;
 use crate::member::throttle::{TokenBucket, CHUNK};
 use crate::orch::Span;
 
@@ -72,7 +73,7 @@ impl Client {
         file_size: u64,
         validator: Option<&Validator>,
         limits: &Limits,
-        buffer: &mut Vec<u8>,
+        buffer: &mut PartBuffer,
     ) -> Result<Option<Validator>, Failure> {
         let retry = |why: String| Failure::Retry(why);
         let range = range_header(span).ok_or_else(|| retry("an empty part".into()))?;
@@ -148,12 +149,12 @@ fn read_body(
     body: impl Read,
     len: usize,
     limits: &Limits,
-    buffer: &mut Vec<u8>,
+    buffer: &mut PartBuffer,
 ) -> Result<(), Failure> {
     let retry = |why: String| Failure::Retry(why);
     // One byte past the part is enough to know the body is too long.
     let mut body = body.take(len as u64 + 1);
-    buffer.resize(len, 0);
+    buffer.resize(len);
     let mut filled = 0;
     let mut last_byte = Instant::now();
     while filled < len {
@@ -229,11 +230,11 @@ mod tests {
     #[test]
     fn a_body_must_be_exactly_the_part() {
         let never = || false;
-        let mut buffer = Vec::new();
+        let mut buffer = PartBuffer::default();
         let body: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
         let exact = read_body(&body[..], body.len(), &limits(&never), &mut buffer);
         assert_eq!(exact, Ok(()));
-        assert_eq!(buffer, body);
+        assert_eq!(&buffer[..], &body[..]);
         let short = read_body(&body[..1000], 1001, &limits(&never), &mut buffer);
         assert_eq!(
             short,

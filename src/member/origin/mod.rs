@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use crate::member::peer::store_part;
 use crate::member::picker::Outside;
 use crate::member::shared::{OnPanic, Shared};
+use crate::member::storage::PartBuffer;
 use crate::member::throttle::TokenBucket;
 use crate::member::{Event, Phase};
 use crate::orch::Checksum;
@@ -133,7 +134,7 @@ pub fn start(shared: &Arc<Shared>) -> std::io::Result<()> {
 /// One origin request slot: `slot` works only while the budget allows that many requests.
 /// It waits a turn only when it had nothing to do, so a busy slot asks again at once.
 fn work(shared: &Arc<Shared>, origins: &Origins, slot: usize) {
-    let mut buffer = Vec::new();
+    let mut buffer = PartBuffer::default();
     loop {
         if shared.is_shutting_down() || shared.phase() != Phase::Fetching {
             return;
@@ -152,7 +153,7 @@ fn work(shared: &Arc<Shared>, origins: &Origins, slot: usize) {
 }
 
 /// One request, if one is due now; false when there was none to make.
-fn turn(shared: &Arc<Shared>, origins: &Origins, slot: usize, buffer: &mut Vec<u8>) -> bool {
+fn turn(shared: &Arc<Shared>, origins: &Origins, slot: usize, buffer: &mut PartBuffer) -> bool {
     if origins.started.elapsed() < GRACE || slot >= budget(shared) {
         return false;
     }
@@ -242,7 +243,7 @@ fn fetch(
     origins: &Origins,
     origin: &Origin,
     index: u32,
-    buffer: &mut Vec<u8>,
+    buffer: &mut PartBuffer,
 ) -> Result<(), Failure> {
     let span = shared
         .orch
