@@ -140,7 +140,7 @@ impl Shared {
             peers: Mutex::new(HashMap::new()),
             book: Book::default(),
             full_hash: FullHasher::default(),
-            storer: Storer::new(parts.orch.part_size),
+            storer: Storer::default(),
             spread: Spread::new(parts.orch.part_count()),
             counters: Counters::default(),
             upload_cap: parts.config.max_upload_rate.map(TokenBucket::new),

@@ -4,7 +4,7 @@
 //! write waits for the disk. A connection's verifier that hashed a part and then waited for its
 //! write kept the socket waiting for both: 1 -> 1 over loopback took 1.81 s where the cached
 //! writes took 1.52 (issue 13, docs/BENCHMARKS.md). Here the verifiers hash the next parts while
-//! this thread writes the last one, and with one writer the connections no longer contend for
+//! this thread writes the last ones, and with one writer the connections no longer contend for
 //! the file's inode lock (seen in the 1 -> 4 profile).
 //!
 //! A part counts as ours only once it is written (see [`store_part`]): a peer served it is
@@ -19,10 +19,8 @@ use super::shared::{OnPanic, Shared};
 use super::storage::PartBuffer;
 use crate::sync::Mutex;
 
-/// Bytes of verified parts waiting for the disk, over all connections (at least one part): the
-/// disk is faster than the hashing that feeds it, so a short queue only smooths it, and each
-/// place in it holds a part buffer.
-const QUEUE_BYTES: u64 = 2 << 20;
+/// Verified parts waiting for the disk, over all connections.
+const QUEUE: usize = 4;
 
 /// A verified part on its way to the disk.
 pub struct StoreJob {
@@ -42,17 +40,17 @@ pub struct Storer {
     waiting: Mutex<Option<Receiver<StoreJob>>>,
 }
 
-impl Storer {
-    /// A queue for parts of `part_size` bytes.
-    pub fn new(part_size: u64) -> Storer {
-        let places = (QUEUE_BYTES / part_size.max(1)).max(1) as usize;
-        let (jobs, waiting) = mpsc::sync_channel(places);
+impl Default for Storer {
+    fn default() -> Storer {
+        let (jobs, waiting) = mpsc::sync_channel(QUEUE);
         Storer {
             jobs: Mutex::new(Some(jobs)),
             waiting: Mutex::new(Some(waiting)),
         }
     }
+}
 
+impl Storer {
     /// Queues a verified part; waits while the queue is full. Fails once the member is
     /// shutting down.
     pub fn submit(&self, job: StoreJob) -> Result<(), String> {

@@ -27,12 +27,8 @@ use crate::wire::{LineReader, PeerMessage, WireError, MAX_PEX};
 
 /// How long a part a peer rejected is asked from others only.
 const REJECT_RETRY: Duration = Duration::from_secs(2);
-/// Smallest choice the picker randomizes over, in bytes (16 parts of 1 MiB) and in parts: the
-/// whole-file hasher holds parts that arrive ahead of it up to 16 MiB (see `fullhash.rs`), so a
-/// choice much wider in bytes would have parts read back from disk, or memory grow with the
-/// part size.
-const MIN_PICK_WINDOW_BYTES: u64 = 16 << 20;
-const MIN_PICK_WINDOW_PARTS: u32 = 4;
+/// Smallest choice of parts the picker randomizes over.
+const MIN_PICK_WINDOW: u32 = 16;
 /// Bytes read from the socket at once.
 const READ_BUFFER: usize = 256 << 10;
 
@@ -314,8 +310,7 @@ impl<'a> Conversation<'a> {
         if requests.out.is_empty() {
             self.last_progress = now;
         }
-        let least = (MIN_PICK_WINDOW_BYTES / self.shared.orch.part_size.max(1)) as u32;
-        let window = (2 * peers * depth as u32).max(least.max(MIN_PICK_WINDOW_PARTS));
+        let window = (2 * peers * depth as u32).max(MIN_PICK_WINDOW);
         self.asked.clear();
         self.asked.extend(&requests.out);
         self.asked.extend(&self.handed_over);

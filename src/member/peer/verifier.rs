@@ -25,9 +25,8 @@ use crate::member::Event;
 use crate::orch::Checksum;
 use crate::sync::Mutex;
 
-/// Buffers kept for the reader to fill again: one is enough, as the reader takes one at a
-/// time, and each more would hold a part's worth of memory idle.
-const SPARE_BUFFERS: usize = 1;
+/// Buffers kept for the reader to fill again: the one in the reader and the one here.
+const SPARE_BUFFERS: usize = 2;
 
 /// The reader's side of one connection's verifier thread.
 pub struct Verifier {
