@@ -14,7 +14,6 @@ use torrentnchill::cli::{self, units, BarSlot};
 use torrentnchill::member::peer::MAX_QUEUED_UPLOADS as MAX_PIPELINE;
 use torrentnchill::member::report::{JsonReport, TerminalReport};
 use torrentnchill::member::session::{self, QuitSignal, Report, SessionOptions};
-use torrentnchill::member::storage::FileStorageFactory;
 use torrentnchill::member::{check, origin, Member, MemberConfig};
 use torrentnchill::orch::{self, Orchestra};
 use torrentnchill::secure::{self, SwarmSecret};
@@ -59,11 +58,6 @@ struct Args {
     /// Exit 0 as soon as the file is complete and verified, instead of sharing until q.
     #[arg(long)]
     exit_when_done: bool,
-    /// Write the download through the page cache, so that it is there to read at once when
-    /// done. Without it, parts go to the disk with O_DIRECT where the file system takes it,
-    /// which costs far less CPU per byte.
-    #[arg(long)]
-    cached_writes: bool,
     /// Write newline-delimited JSON events to stdout instead of drawing a progress bar
     /// (docs/JSON.md).
     #[arg(long)]
@@ -103,7 +97,7 @@ struct Args {
     log_file: Option<PathBuf>,
     /// Check DIR/FILENAME (or DIR/FILENAME.part if only that exists) against the .orch without
     /// the network, list the bad parts and exit: 0 if complete and valid, 1 if not.
-    #[arg(long, conflicts_with_all = ["listen", "conductor", "exit_when_done", "max_peers", "peer_timeout", "pipeline", "max_upload_rate", "max_download_rate", "origin", "origin_max_rate", "cached_writes"])]
+    #[arg(long, conflicts_with_all = ["listen", "conductor", "exit_when_done", "max_peers", "peer_timeout", "pipeline", "max_upload_rate", "max_download_rate", "origin", "origin_max_rate"])]
     check: bool,
     /// Print shell completions or a man page and exit.
     #[arg(long, value_name = "WHAT", hide = true, exclusive = true)]
@@ -170,10 +164,7 @@ fn run(args: &Args, bar: &BarSlot) -> Result<i32, Failure> {
         })?;
     }
     let interactive = !args.json && cli::is_interactive();
-    let mut config = MemberConfig::with_storage(Arc::new(FileStorageFactory {
-        dir: args.dir.clone(),
-        direct_writes: !args.cached_writes,
-    }));
+    let mut config = MemberConfig::new(args.dir.clone());
     config.listen = args.listen;
     config.max_peers = usize::from(args.max_peers);
     config.peer_timeout = args.peer_timeout;

@@ -28,7 +28,6 @@ pub mod session;
 pub mod shared;
 pub mod spread;
 pub mod storage;
-pub mod storer;
 pub mod swarm;
 pub mod throttle;
 
@@ -88,10 +87,7 @@ pub struct MemberConfig {
 impl MemberConfig {
     /// A member that keeps the file in `dir`.
     pub fn new(dir: PathBuf) -> MemberConfig {
-        MemberConfig::with_storage(Arc::new(FileStorageFactory {
-            dir,
-            direct_writes: true,
-        }))
+        MemberConfig::with_storage(Arc::new(FileStorageFactory { dir }))
     }
 
     pub fn with_storage(storage: Arc<dyn StorageFactory>) -> MemberConfig {
@@ -288,7 +284,6 @@ impl Member {
         );
         // From here on, dropping `member` on an error stops what was started.
         let threads = || -> std::io::Result<()> {
-            storer::Storer::start(&shared)?;
             if complete {
                 shared.emit(Event::Complete);
             } else {

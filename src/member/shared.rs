@@ -24,7 +24,6 @@ use super::peer::PeerLink;
 use super::picker::Picker;
 use super::spread::Spread;
 use super::storage::Storage;
-use super::storer::Storer;
 use super::swarm::Book;
 use super::throttle::TokenBucket;
 use super::{Event, FailureKind, MemberConfig, Phase};
@@ -75,8 +74,6 @@ pub struct Shared {
     pub peers: Mutex<HashMap<PeerId, Arc<PeerLink>>>,
     pub book: Book,
     pub full_hash: FullHasher,
-    /// Writes verified parts from every connection (see [`Storer`]).
-    pub storer: Storer,
     pub spread: Spread,
     pub counters: Counters,
     /// `--max-upload-rate` and `--max-download-rate`, shared by every connection.
@@ -140,7 +137,6 @@ impl Shared {
             peers: Mutex::new(HashMap::new()),
             book: Book::default(),
             full_hash: FullHasher::default(),
-            storer: Storer::default(),
             spread: Spread::new(parts.orch.part_count()),
             counters: Counters::default(),
             upload_cap: parts.config.max_upload_rate.map(TokenBucket::new),
@@ -344,7 +340,6 @@ impl Shared {
         let _ = rustix::net::shutdown(&self.listener, rustix::net::Shutdown::Read);
         self.book.wake();
         self.full_hash.wake();
-        self.storer.close();
         self.note_uploads_changed();
     }
 

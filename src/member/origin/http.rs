@@ -11,7 +11,6 @@ use std::io::{ErrorKind, Read};
 use std::time::{Duration, Instant};
 
 use super::range::{check_partial, range_header, Validator};
-use crate::member::storage::PartBuffer;
 use crate::member::throttle::{TokenBucket, CHUNK};
 use crate::orch::Span;
 
@@ -73,7 +72,7 @@ impl Client {
         file_size: u64,
         validator: Option<&Validator>,
         limits: &Limits,
-        buffer: &mut PartBuffer,
+        buffer: &mut Vec<u8>,
     ) -> Result<Option<Validator>, Failure> {
         let retry = |why: String| Failure::Retry(why);
         let range = range_header(span).ok_or_else(|| retry("an empty part".into()))?;
@@ -149,12 +148,12 @@ fn read_body(
     body: impl Read,
     len: usize,
     limits: &Limits,
-    buffer: &mut PartBuffer,
+    buffer: &mut Vec<u8>,
 ) -> Result<(), Failure> {
     let retry = |why: String| Failure::Retry(why);
     // One byte past the part is enough to know the body is too long.
     let mut body = body.take(len as u64 + 1);
-    buffer.resize(len);
+    buffer.resize(len, 0);
     let mut filled = 0;
     let mut last_byte = Instant::now();
     while filled < len {
@@ -230,11 +229,11 @@ mod tests {
     #[test]
     fn a_body_must_be_exactly_the_part() {
         let never = || false;
-        let mut buffer = PartBuffer::default();
+        let mut buffer = Vec::new();
         let body: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
         let exact = read_body(&body[..], body.len(), &limits(&never), &mut buffer);
         assert_eq!(exact, Ok(()));
-        assert_eq!(&buffer[..], &body[..]);
+        assert_eq!(buffer, body);
         let short = read_body(&body[..1000], 1001, &limits(&never), &mut buffer);
         assert_eq!(
             short,

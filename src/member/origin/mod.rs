@@ -32,7 +32,6 @@ use std::time::{Duration, Instant};
 use crate::member::peer::store_part;
 use crate::member::picker::Outside;
 use crate::member::shared::{OnPanic, Shared};
-use crate::member::storage::PartBuffer;
 use crate::member::throttle::TokenBucket;
 use crate::member::{Event, Phase};
 use crate::orch::Checksum;
@@ -134,7 +133,7 @@ pub fn start(shared: &Arc<Shared>) -> std::io::Result<()> {
 /// One origin request slot: `slot` works only while the budget allows that many requests.
 /// It waits a turn only when it had nothing to do, so a busy slot asks again at once.
 fn work(shared: &Arc<Shared>, origins: &Origins, slot: usize) {
-    let mut buffer = PartBuffer::default();
+    let mut buffer = Vec::new();
     loop {
         if shared.is_shutting_down() || shared.phase() != Phase::Fetching {
             return;
@@ -153,7 +152,7 @@ fn work(shared: &Arc<Shared>, origins: &Origins, slot: usize) {
 }
 
 /// One request, if one is due now; false when there was none to make.
-fn turn(shared: &Arc<Shared>, origins: &Origins, slot: usize, buffer: &mut PartBuffer) -> bool {
+fn turn(shared: &Arc<Shared>, origins: &Origins, slot: usize, buffer: &mut Vec<u8>) -> bool {
     if origins.started.elapsed() < GRACE || slot >= budget(shared) {
         return false;
     }
@@ -243,7 +242,7 @@ fn fetch(
     origins: &Origins,
     origin: &Origin,
     index: u32,
-    buffer: &mut PartBuffer,
+    buffer: &mut Vec<u8>,
 ) -> Result<(), Failure> {
     let span = shared
         .orch

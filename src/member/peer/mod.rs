@@ -30,7 +30,6 @@ use anyhow::{bail, Result};
 use super::bitfield::Bitfield;
 use super::requests::Requests;
 use super::shared::{OnPanic, Shared};
-use super::storage::PartBuffer;
 use super::{Event, FailureKind};
 use crate::net::DeadlineStream;
 use crate::sync::Mutex;
@@ -300,9 +299,9 @@ pub fn offer_held_back(shared: &Shared) {
 pub fn store_part(
     shared: &Arc<Shared>,
     index: u32,
-    buffer: PartBuffer,
+    buffer: Vec<u8>,
     from: Option<&PeerLink>,
-) -> Result<(PartBuffer, bool)> {
+) -> Result<(Vec<u8>, bool)> {
     let Some(span) = shared.orch.part_span(index) else {
         bail!("part {index} is not in the file");
     };

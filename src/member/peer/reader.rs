@@ -21,7 +21,6 @@ use super::PeerLink;
 use crate::member::bitfield::Bitfield;
 use crate::member::requests::Pipeline;
 use crate::member::shared::Shared;
-use crate::member::storage::PartBuffer;
 use crate::member::throttle::CHUNK;
 use crate::wire::{LineReader, PeerMessage, WireError, MAX_PEX};
 
@@ -41,13 +40,12 @@ pub struct Conversation<'a> {
     their_have: Bitfield,
     got_have_map: bool,
     pipeline: Pipeline,
-    buffer: PartBuffer,
+    buffer: Vec<u8>,
     verifier: Verifier,
-    /// Parts handed to the verifier and not yet stored (checked, or waiting for the disk): not
-    /// to be asked of this peer again meanwhile, though they are no longer among the requests
-    /// out. Few: the verifier takes one at a time and the storer's queue is short.
-    handed_over: Vec<u32>,
-    /// The requests out plus [`Conversation::handed_over`], for the picker.
+    /// The part handed to the verifier last, which may still be being checked: not to be asked
+    /// of this peer again meanwhile, though it is no longer among the requests out.
+    verifying: Option<u32>,
+    /// The requests out plus [`Conversation::verifying`], for the picker.
     asked: Vec<u32>,
     /// Parts this peer rejected, and when: not asked again for [`REJECT_RETRY`].
     rejected: Vec<(u32, Instant)>,
@@ -77,9 +75,9 @@ impl<'a> Conversation<'a> {
             their_have: Bitfield::new(shared.orch.part_count()),
             got_have_map: false,
             pipeline,
-            buffer: PartBuffer::default(),
+            buffer: Vec::new(),
             verifier,
-            handed_over: Vec::new(),
+            verifying: None,
             asked: Vec::new(),
             rejected: Vec::new(),
             last_progress: Instant::now(),
@@ -232,7 +230,7 @@ impl<'a> Conversation<'a> {
         };
         // `len` was checked against the .orch by the parser, so the buffer never exceeds the
         // largest part.
-        self.buffer.resize(len);
+        self.buffer.resize(len, 0);
         // The peer timeout for each MiB: a slow link passes, a trickle does not.
         let allowed = self.shared.config.peer_timeout * len.div_ceil(1 << 20).max(1) as u32;
         let deadline = Instant::now() + allowed;
@@ -270,7 +268,7 @@ impl<'a> Conversation<'a> {
         self.verifier
             .submit(index, part)
             .map_err(|why| anyhow!(why))?;
-        self.handed_over.push(index);
+        self.verifying = Some(index);
         Ok(())
     }
 
@@ -302,10 +300,6 @@ impl<'a> Conversation<'a> {
         // little enough that parts arrive near file order (see Picker::pick). Counted before
         // taking our requests' lock: `Member::status` takes the peer table's, then ours.
         let peers = self.shared.peers.lock().len() as u32;
-        {
-            let picker = self.shared.picker.lock();
-            self.handed_over.retain(|&index| !picker.have().get(index));
-        }
         let mut requests = self.link.requests.lock();
         if requests.out.is_empty() {
             self.last_progress = now;
@@ -313,7 +307,7 @@ impl<'a> Conversation<'a> {
         let window = (2 * peers * depth as u32).max(MIN_PICK_WINDOW);
         self.asked.clear();
         self.asked.extend(&requests.out);
-        self.asked.extend(&self.handed_over);
+        self.asked.extend(self.verifying);
         while requests.out.len() < depth {
             let picked = self
                 .shared

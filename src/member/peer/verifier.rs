@@ -1,13 +1,13 @@
-//! Checking the parts one connection receives, on a thread of its own.
+//! Checking and storing the parts one connection receives, on a thread of its own.
 //!
 //! Why: the reader thread used to take a part off the socket, hash it, write it and only then
-//! read the next one, so on a fast link the socket waited while the part was hashed. Here the
-//! reader reads the next part while this thread hashes the last one, and the work spreads over
-//! the cores (the whole-file hasher and the member's [`Storer`](crate::member::storer) are
-//! threads of their own). A part is handed over at a rendezvous: at most one part waits in the
-//! reader's buffer while one is checked here; a checked part goes to the storer's short queue,
-//! and its buffer comes back to the reader to be filled again (no allocation or zeroing per
-//! part).
+//! read the next one, so on a fast link the socket waited while the part was hashed, and one
+//! thread carried a SHA-256 pass and both copies of every byte (socket to buffer, buffer to the
+//! page cache). With the check and the write here, the reader reads the next part while this
+//! thread hashes the last one, and the work spreads over the cores (the whole-file hasher is a
+//! third thread). A part is handed over at a rendezvous: at most one part waits in the reader's
+//! buffer while one is checked here, so a connection holds at most two part buffers, and the
+//! buffers go back to the reader to be filled again (no allocation or zeroing per part).
 //!
 //! A part that fails its checksum bans the peer and closes the connection from here; the reader
 //! then ends with the reason this thread recorded.
@@ -17,10 +17,8 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
 use std::thread::Scope;
 
-use super::PeerLink;
+use super::{store_part, PeerLink};
 use crate::member::shared::Shared;
-use crate::member::storage::PartBuffer;
-use crate::member::storer::StoreJob;
 use crate::member::Event;
 use crate::orch::Checksum;
 use crate::sync::Mutex;
@@ -30,8 +28,8 @@ const SPARE_BUFFERS: usize = 2;
 
 /// The reader's side of one connection's verifier thread.
 pub struct Verifier {
-    parts: SyncSender<(u32, PartBuffer)>,
-    spares: Receiver<PartBuffer>,
+    parts: SyncSender<(u32, Vec<u8>)>,
+    spares: Receiver<Vec<u8>>,
     stopped: Arc<Mutex<Option<String>>>,
 }
 
@@ -40,7 +38,7 @@ impl Verifier {
     pub fn start<'scope>(
         scope: &'scope Scope<'scope, '_>,
         shared: &'scope Arc<Shared>,
-        link: &'scope Arc<PeerLink>,
+        link: &'scope PeerLink,
     ) -> std::io::Result<Verifier> {
         let (parts, incoming) = mpsc::sync_channel(0);
         let (give_back, spares) = mpsc::sync_channel(SPARE_BUFFERS);
@@ -66,7 +64,7 @@ impl Verifier {
 
     /// Hands over a part read in full (and expected: not an endgame duplicate); waits while the
     /// part before it is still being checked. Fails once the verifier has stopped, with why.
-    pub fn submit(&self, index: u32, part: PartBuffer) -> Result<(), String> {
+    pub fn submit(&self, index: u32, part: Vec<u8>) -> Result<(), String> {
         self.parts.send((index, part)).map_err(|_| {
             self.stopped()
                 .unwrap_or_else(|| "part verifier gone".into())
@@ -74,7 +72,7 @@ impl Verifier {
     }
 
     /// A buffer to read the next part into: one given back, or a new one.
-    pub fn spare(&self) -> PartBuffer {
+    pub fn spare(&self) -> Vec<u8> {
         self.spares.try_recv().unwrap_or_default()
     }
 
@@ -88,9 +86,9 @@ impl Verifier {
 /// says why the connection must end.
 fn verify_and_store(
     shared: &Arc<Shared>,
-    link: &Arc<PeerLink>,
-    incoming: &Receiver<(u32, PartBuffer)>,
-    give_back: SyncSender<PartBuffer>,
+    link: &PeerLink,
+    incoming: &Receiver<(u32, Vec<u8>)>,
+    give_back: SyncSender<Vec<u8>>,
 ) -> Result<(), String> {
     for (index, part) in incoming {
         let Some(expected) = shared.orch.part_checksums.get(index as usize) else {
@@ -110,12 +108,13 @@ fn verify_and_store(
             shared.book.ban(link.peer_id, link.listen_addr);
             return Err(format!("banned: part {index} failed its checksum"));
         }
-        shared.storer.submit(StoreJob {
-            index,
-            buffer: part,
-            from: Arc::clone(link),
-            give_back: give_back.clone(),
-        })?;
+        let (buffer, new) =
+            store_part(shared, index, part, Some(link)).map_err(|e| format!("{e:#}"))?;
+        if new {
+            shared.note_peer_used(link.peer_id);
+        }
+        // The reader may already hold enough spares; then this one is freed.
+        let _ = give_back.try_send(buffer);
     }
     Ok(())
 }

@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context, Result};
 
-use super::direct::DirectIo;
 use super::{Opened, Storage, StorageFactory};
 use crate::hashing;
 use crate::member::bitfield::Bitfield;
@@ -28,37 +27,15 @@ pub struct FileStorage {
     paths: Paths,
     /// The file open is, or has become, the complete `FILENAME`, not the `.part`.
     complete: AtomicBool,
-    /// Writes past the page cache, where the file system takes them (see [`DirectIo`]).
-    direct: Option<DirectIo>,
 }
 
 impl Storage for FileStorage {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        let direct = match &self.direct {
-            Some(direct) => direct.read_prefix(offset, buf)?,
-            None => 0,
-        };
-        let Some(rest) = buf.get_mut(direct..).filter(|rest| !rest.is_empty()) else {
-            return Ok(());
-        };
-        let at = offset
-            .checked_add(direct as u64)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "offset overflows"))?;
-        std::os::unix::fs::FileExt::read_exact_at(&self.file, rest, at)
+        std::os::unix::fs::FileExt::read_exact_at(&self.file, buf, offset)
     }
 
     fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
-        let direct = match &self.direct {
-            Some(direct) => direct.write_prefix(offset, buf)?,
-            None => 0,
-        };
-        let Some(rest) = buf.get(direct..).filter(|rest| !rest.is_empty()) else {
-            return Ok(());
-        };
-        let at = offset
-            .checked_add(direct as u64)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "offset overflows"))?;
-        std::os::unix::fs::FileExt::write_all_at(&self.file, rest, at)
+        std::os::unix::fs::FileExt::write_all_at(&self.file, buf, offset)
     }
 
     fn send_to(&self, stream: &TcpStream, span: Span) -> io::Result<()> {
@@ -85,14 +62,11 @@ impl Storage for FileStorage {
 #[derive(Clone, Debug)]
 pub struct FileStorageFactory {
     pub dir: PathBuf,
-    /// Write parts with `O_DIRECT` where the file system allows it (see [`DirectIo`]);
-    /// `false` writes through the page cache (`member --cached-writes`).
-    pub direct_writes: bool,
 }
 
 impl StorageFactory for FileStorageFactory {
     fn open(&self, orch: &Orchestra, progress: &dyn Fn(u64)) -> Result<Opened> {
-        prepare(&self.dir, orch, self.direct_writes, progress)
+        prepare(&self.dir, orch, progress)
     }
 }
 
@@ -123,12 +97,7 @@ type VerifyProgress<'a> = &'a dyn Fn(u64);
 
 /// Opens or creates the download for `orch` in `dir`: the complete file to seed, a resumable
 /// partial download, or a new one. Never modifies a file that is not ours.
-fn prepare(
-    dir: &Path,
-    orch: &Orchestra,
-    direct_writes: bool,
-    progress: VerifyProgress,
-) -> Result<Opened> {
+fn prepare(dir: &Path, orch: &Orchestra, progress: VerifyProgress) -> Result<Opened> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create the download folder {}", dir.display()))?;
     let paths = Paths::new(dir, orch);
@@ -177,17 +146,11 @@ fn prepare(
         .with_context(|| format!("cannot open {}", paths.partial.display()))?;
     size_up_front(&file, orch.file_size)
         .with_context(|| format!("cannot make room for {}", paths.partial.display()))?;
-    let direct = if direct_writes {
-        DirectIo::reopen(&file)
-    } else {
-        None
-    };
     Ok(Opened {
         storage: Box::new(FileStorage {
             file,
             paths,
             complete: AtomicBool::new(false),
-            direct,
         }),
         have,
         complete: false,
@@ -241,7 +204,6 @@ fn open_complete(
             file,
             paths,
             complete: AtomicBool::new(true),
-            direct: None,
         }),
         have: Bitfield::full(orch.part_count()),
         complete: true,
@@ -378,70 +340,4 @@ fn finish(paths: &Paths) -> Result<()> {
     }
     let _ = std::fs::remove_file(&paths.marker);
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn orch_of(data: &[u8], part_size: usize) -> Orchestra {
-        let parts = data.chunks(part_size).map(Checksum::of).collect();
-        Orchestra::new(
-            "127.0.0.1:9",
-            "data.bin",
-            Checksum::of(data),
-            data.len() as u64,
-            part_size as u64,
-            parts,
-        )
-        .unwrap()
-    }
-
-    /// Parts written in any order, through `O_DIRECT` where the size allows and the page cache
-    /// where not (a part size off the 4 KiB alignment, the last part's tail), read back and
-    /// finished whole, with direct writes on and off.
-    #[test]
-    fn parts_written_direct_or_cached_read_back_whole() {
-        let data: Vec<u8> = (0..(3 << 20) + 5000u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
-            .collect();
-        for (part_size, direct_writes) in [(1 << 20, true), (16_385, true), (1 << 20, false)] {
-            let dir = std::env::temp_dir().join(format!(
-                "tnc-file-{}-{part_size}-{direct_writes}",
-                std::process::id()
-            ));
-            let _ = std::fs::remove_dir_all(&dir);
-            let orch = orch_of(&data, part_size);
-            let factory = FileStorageFactory {
-                dir: dir.clone(),
-                direct_writes,
-            };
-            let opened = factory.open(&orch, &|_| {}).unwrap();
-            let storage = opened.storage;
-            let spans: Vec<Span> = (0..orch.part_count())
-                .rev()
-                .map(|i| orch.part_span(i).unwrap())
-                .collect();
-            for span in &spans {
-                let mut part = crate::member::storage::PartBuffer::default();
-                part.resize(span.len);
-                let start = span.offset as usize;
-                part.copy_from_slice(&data[start..start + span.len]);
-                storage.write_at(span.offset, &part).unwrap();
-            }
-            for span in &spans {
-                let mut back = vec![0u8; span.len];
-                storage.read_at(span.offset, &mut back).unwrap();
-                let start = span.offset as usize;
-                assert!(
-                    back == data[start..start + span.len],
-                    "part at {}",
-                    span.offset
-                );
-            }
-            storage.finish().unwrap();
-            assert!(std::fs::read(dir.join("data.bin")).unwrap() == data);
-            std::fs::remove_dir_all(&dir).unwrap();
-        }
-    }
 }

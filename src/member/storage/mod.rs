@@ -4,8 +4,6 @@
 //! resume, or nothing yet). The member never touches a file itself, so tests swap in
 //! [`memory::MemoryStorage`] and run whole swarms without a disk.
 
-mod buffer;
-mod direct;
 pub mod file;
 pub mod memory;
 
@@ -17,7 +15,6 @@ use anyhow::Result;
 use super::bitfield::Bitfield;
 use crate::orch::{Orchestra, Span};
 
-pub use buffer::PartBuffer;
 pub use file::{FileStorage, FileStorageFactory, Paths};
 pub use memory::{MemoryStorage, MemoryStorageFactory};
 
