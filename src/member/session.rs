@@ -146,19 +146,15 @@ pub fn run(
             }
             _ => {}
         }
-        if quit.is_requested() {
-            break Ok(());
-        }
         // Woken by the member's next event (its completion among them), so that a finished
-        // download is seen at once rather than at the next poll; a quit is seen at the next
-        // turn, within POLL.
-        match events.recv_timeout(POLL) {
-            Ok(event) => woken_by = Some(event),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {
-                if quit.wait(POLL) {
-                    break Ok(());
-                }
+        // download is seen at once rather than at the next poll; a quit asked meanwhile is seen
+        // within POLL. (The member holds the sender while it lives: `Disconnected` would only
+        // come from a member gone, and then the quit signal is all there is to wait for.)
+        if !quit.is_requested() {
+            match events.recv_timeout(POLL) {
+                Ok(event) => woken_by = Some(event),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => drop(quit.wait(POLL)),
             }
         }
         if quit.is_requested() {
