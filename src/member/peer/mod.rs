@@ -157,15 +157,7 @@ pub fn serve(
         complete: AtomicBool::new(false),
         held_back: Mutex::new(Bitfield::new(shared.orch.part_count())),
     });
-    let mut registered = {
-        // The have-map must be the first message: snapshotting it under the picker lock and
-        // registering before releasing that lock means every part completed later reaches this
-        // peer as a HAVE, after the map.
-        let picker = shared.picker.lock();
-        link.outbox
-            .push(Outgoing::HaveMap(picker.have().as_bytes().to_vec()));
-        Registered::new(shared, &link)?
-    };
+    let mut registered = Registered::new(shared, &link)?;
     if let Some(listen_addr) = listen_addr {
         shared.book.learn(std::iter::once(listen_addr));
     }
@@ -234,6 +226,15 @@ impl<'a> Registered<'a> {
             }
             existing.close(shared);
         }
+        // The have-map must be the first message, and every part completed after it must
+        // reach this peer as a `HAVE`: a part is marked ours before it is announced to the
+        // peers then in the table, so a map taken under the table's lock, with the link entered
+        // before that lock goes, misses no part. The locks are taken in the member's one order,
+        // peer table before picker (see `crate::member::shared`): the picker first here, while
+        // a status report held the table and waited for a connection's requests, whose reader
+        // waited for the picker, was a deadlock.
+        let map = shared.picker.lock().have().as_bytes().to_vec();
+        link.outbox.push(Outgoing::HaveMap(map));
         peers.insert(link.peer_id, Arc::clone(link));
         Ok(Registered {
             shared,
