@@ -152,6 +152,9 @@ fn malformed(command: &'static str, why: impl Into<String>) -> WireError {
 pub struct LineReader<R> {
     inner: R,
     line: Vec<u8>,
+    /// `line` holds the line returned last, to be cleared by the next read; otherwise it holds
+    /// the start of a line whose read timed out, which the next read goes on with.
+    returned: bool,
 }
 
 impl<R: BufRead> LineReader<R> {
@@ -159,6 +162,7 @@ impl<R: BufRead> LineReader<R> {
         LineReader {
             inner,
             line: Vec::with_capacity(128),
+            returned: false,
         }
     }
 
@@ -167,9 +171,13 @@ impl<R: BufRead> LineReader<R> {
     }
 
     /// Reads one line of at most [`MAX_LINE`] bytes. A longer line is an error as soon as the
-    /// limit is passed: the rest is never buffered.
+    /// limit is passed: the rest is never buffered. A read that fails (a timeout, say) keeps
+    /// what it had of the line, and the next call goes on with it: a caller may wake on a
+    /// timeout of its own in the middle of a peer's line.
     pub fn read_line(&mut self) -> Result<&str, WireError> {
-        self.line.clear();
+        if std::mem::take(&mut self.returned) {
+            self.line.clear();
+        }
         loop {
             let available = match self.inner.fill_buf() {
                 Ok(b) => b,
@@ -199,6 +207,7 @@ impl<R: BufRead> LineReader<R> {
                 break;
             }
         }
+        self.returned = true;
         self.line.pop();
         if self.line.last() == Some(&b'\r') {
             self.line.pop();
@@ -708,6 +717,40 @@ mod tests {
         let mut r = reader(&ok);
         assert_eq!(r.read_line().unwrap().len(), MAX_LINE);
         assert_eq!(r.read_line().unwrap(), "B");
+        assert!(matches!(r.read_line(), Err(WireError::Closed)));
+    }
+
+    /// Yields its chunks one read at a time, failing with a timeout where a chunk is `None`.
+    struct Stutter(std::collections::VecDeque<Option<&'static [u8]>>);
+
+    impl io::Read for Stutter {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match self.0.pop_front() {
+                None => Ok(0),
+                Some(None) => Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")),
+                Some(Some(chunk)) => {
+                    buf[..chunk.len()].copy_from_slice(chunk);
+                    Ok(chunk.len())
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_line_cut_by_a_timeout_goes_on_at_the_next_read() {
+        let chunks = [
+            Some(&b"RE"[..]),
+            None,
+            Some(b"JECT 7\nPI"),
+            None,
+            Some(b"NG\n"),
+        ];
+        let stutter = Stutter(chunks.into_iter().collect());
+        let mut r = LineReader::new(io::BufReader::with_capacity(16, stutter));
+        assert!(r.read_line().unwrap_err().is_timeout());
+        assert_eq!(r.read_line().unwrap(), "REJECT 7");
+        assert!(r.read_line().unwrap_err().is_timeout());
+        assert_eq!(r.read_line().unwrap(), "PING");
         assert!(matches!(r.read_line(), Err(WireError::Closed)));
     }
 

@@ -190,6 +190,29 @@ fn a_stalled_peer_reads_requests_and_never_answers() {
 }
 
 #[test]
+fn a_refusing_peer_rejects_the_first_ask_of_each_part_on_a_connection() {
+    let (orch, data) = swarm();
+    let peer = FakePeer::start(&orch, data, Behaviour::RefuseFirstAsk);
+    for _connection in 0..2 {
+        let (mut client, _) = Client::handshake(&peer, &orch);
+        client.send(&PeerMessage::Request(2).to_line());
+        assert_eq!(client.next_message(), Some(PeerMessage::Reject(2)));
+        let part = client.fetch(2);
+        assert_eq!(Checksum::of(&part), orch.part_checksums[2]);
+        // And nothing unasked, not even a PING.
+        client
+            .out
+            .set_read_timeout(Some(Duration::from_millis(600)))
+            .unwrap();
+        match client.reader.read_line() {
+            Err(e) if e.is_timeout() => {}
+            other => panic!("a refusing peer said {other:?} unasked"),
+        }
+    }
+    assert_eq!(peer.requests(), 4);
+}
+
+#[test]
 fn another_swarm_is_told_so_and_closed() {
     let (orch, data) = swarm();
     let peer = FakePeer::start(&orch, data, Behaviour::Honest);
@@ -243,4 +266,36 @@ fn a_real_member_fetches_the_whole_file_from_an_honest_fake_peer() {
     wait_until(LIMIT, "the fake peer counting what it sent", || {
         peer.bytes_sent() == 300_000
     });
+}
+
+/// A seeder spreading its parts rejects a part it has already sent elsewhere until asked again,
+/// and may have nothing to say meanwhile. The member must ask again on the same connection when
+/// the rejection has aged, not wait for a line that comes only after its own peer timeout has
+/// dropped the peer: a new connection would be refused again, and the member would never finish
+/// (what made `faults::a_seeder_hung_midway` hang one run in four).
+#[test]
+fn a_member_asks_a_silent_peer_again_for_the_parts_it_rejected() {
+    let conductor = start_conductor(&["--interval", "500ms"]);
+    let s = sample("refused.bin", 300_000, "16K", &conductor.addr, 0x2ef5);
+    let peer = FakePeer::start(&s.orch, Arc::new(s.data.clone()), Behaviour::RefuseFirstAsk);
+    let _listed = keep_announced(
+        &conductor.addr,
+        s.orch.swarm_id(),
+        peer.addr().port(),
+        Duration::from_millis(400),
+    );
+    let dir = s.dir("member");
+    // Longer than the two seconds a rejected part waits, shorter than the test's patience.
+    let once = ["--exit-when-done", "--peer-timeout", "3"];
+    let (mut member, _events) = spawn_member("member", &s.orch_path, &dir, &once);
+    let status = member.wait_exit(Duration::from_secs(60));
+    assert!(status.success(), "member: {status}");
+    s.assert_copy(&dir, "the member");
+    assert_eq!(
+        peer.connections(),
+        1,
+        "the member dropped the peer and dialed again"
+    );
+    let parts = s.orch.part_count() as usize;
+    assert_eq!(peer.requests(), 2 * parts, "each part asked twice");
 }

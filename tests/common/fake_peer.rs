@@ -42,6 +42,18 @@ pub enum Behaviour {
     Corrupt(BTreeSet<u32>),
     /// Never sends another byte after its have-map: requests are read and never answered.
     Stall,
+    /// A seeder spreading its parts, as far as one connection sees it: the first `REQUEST` for
+    /// each part on a connection gets `REJECT`, a second one the part. It sends nothing
+    /// unasked (no `PING`), like a peer whose keep-alive interval is longer than the member's
+    /// timeout.
+    RefuseFirstAsk,
+}
+
+impl Behaviour {
+    /// Whether it sends `PING`s to keep the connection alive.
+    fn talkative(&self) -> bool {
+        !matches!(self, Behaviour::Stall | Behaviour::RefuseFirstAsk)
+    }
 }
 
 /// A fake peer listening on 127.0.0.1 (an ephemeral port) until dropped.
@@ -235,7 +247,7 @@ fn converse(shared: &Shared, stream: &TcpStream) -> Result<(), WireError> {
     // The keep-alive stops when `conversing` is dropped, at the end of the conversation.
     let (conversing, ended) = mpsc::channel::<()>();
     std::thread::scope(|scope| {
-        if shared.behaviour != Behaviour::Stall {
+        if shared.behaviour.talkative() {
             let writer = &writer;
             let _ = std::thread::Builder::new()
                 .name(format!("fp{}-ping", shared.port))
@@ -266,6 +278,7 @@ fn serve(
     let orch = &shared.orch;
     let parts = orch.part_count();
     let part_len = |i: u32| orch.part_len(i);
+    let mut refused = BTreeSet::new();
     loop {
         let line = match reader.read_line() {
             Ok(line) => line.to_string(),
@@ -285,6 +298,14 @@ fn serve(
             Behaviour::Stall => continue,
             Behaviour::Honest => false,
             Behaviour::Corrupt(parts) => parts.contains(&index),
+            Behaviour::RefuseFirstAsk => {
+                if refused.insert(index) {
+                    let reject = PeerMessage::Reject(index).to_line();
+                    writer.lock().send(&[reject.as_bytes()])?;
+                    continue;
+                }
+                false
+            }
         };
         let part = part_of(orch, &shared.data, index).ok_or(WireError::IndexOutOfRange {
             index: u64::from(index),

@@ -103,17 +103,29 @@ impl<'a> Conversation<'a> {
         let parts = self.shared.orch.part_count();
         let orch = &self.shared.orch;
         let part_len = |i: u32| orch.part_len(i);
+        // Each line must come whole within the peer timeout of the one before.
+        let mut silent_at = Instant::now() + timeout;
         loop {
             if self.shared.is_shutting_down() {
                 return Ok(());
             }
-            // Each line must come whole within the peer timeout.
+            // A part this peer rejected comes due again before that, maybe: the read wakes
+            // then to ask for it, for a peer with nothing to say need not speak (its
+            // keep-alive follows its own timeout, not ours), and waiting for its next line
+            // could last until we drop it for silence, with the part never asked again.
             let deadline = reader.get_ref().get_ref().deadline();
             deadline.set_idle_timeout(None);
-            deadline.set_deadline(Instant::now() + timeout);
+            deadline.set_deadline(self.next_retry().map_or(silent_at, |at| at.min(silent_at)));
             let message = match reader.read_line() {
                 Ok(line) => PeerMessage::parse(line, parts, part_len),
                 Err(WireError::Closed) => return Ok(()),
+                Err(e) if e.is_timeout() && Instant::now() < silent_at => {
+                    // Woken for a rejected part; what was read of a line is kept.
+                    self.retry_rejected();
+                    self.request_more();
+                    self.check_progress()?;
+                    continue;
+                }
                 Err(e) if e.is_timeout() => {
                     bail!("silent for {:?}", self.shared.config.peer_timeout)
                 }
@@ -152,6 +164,7 @@ impl<'a> Conversation<'a> {
                     }
                 }
                 PeerMessage::Reject(index) => {
+                    log::debug!("peer {}: rejected part {index}", self.link.addr);
                     if self.link.requests.lock().take_out(index).is_some() {
                         self.shared.picker.lock().release(index);
                     }
@@ -174,6 +187,7 @@ impl<'a> Conversation<'a> {
             }
             self.request_more();
             self.check_progress()?;
+            silent_at = Instant::now() + timeout;
         }
     }
 
@@ -265,11 +279,21 @@ impl<'a> Conversation<'a> {
             return Ok(());
         }
         let part = std::mem::replace(&mut self.buffer, self.verifier.spare());
-        self.verifier
-            .submit(index, part)
-            .map_err(|why| anyhow!(why))?;
+        if let Err(why) = self.verifier.submit(index, part) {
+            // The part never reached the verifier, so nothing else gives its request back.
+            self.shared.picker.lock().release(index);
+            bail!(why);
+        }
         self.verifying = Some(index);
         Ok(())
+    }
+
+    /// When the first part this peer rejected may be asked of it again.
+    fn next_retry(&self) -> Option<Instant> {
+        self.rejected
+            .iter()
+            .map(|&(_, when)| when + REJECT_RETRY)
+            .min()
     }
 
     /// A peer that rejected a part may serve it later (a seeder spreading parts does once it

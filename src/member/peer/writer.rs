@@ -1,5 +1,5 @@
 //! The writer side of one connection: control lines first, then parts, a `PING` when there has
-//! been nothing to send for a third of the peer timeout.
+//! been nothing to send for a third of the peer timeout or a second, whichever is shorter.
 //!
 //! A part goes from the file to the socket with `sendfile` on a plain link. A sealed link (a
 //! private swarm) must encrypt it, so it is read (`pread`, one [`CHUNK`] at a time) straight
@@ -8,6 +8,7 @@
 
 use std::io::Write;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use anyhow::Result;
 
@@ -19,9 +20,14 @@ use crate::member::throttle::CHUNK;
 use crate::orch::Span;
 use crate::wire::{have_map_len, PeerMessage};
 
+/// Longest time without a line to the peer: a `PING` then.
+const MAX_PING_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The writer side of one connection: control lines first, then parts.
 pub fn write_loop(shared: &Shared, link: &PeerLink, mut out: PeerOut) -> Result<()> {
-    let ping_every = shared.config.peer_timeout / 3;
+    // Our peers' timeouts may be shorter than ours: a peer that drops us for a silence it
+    // takes for a hang loses what it knew of us and dials again.
+    let ping_every = (shared.config.peer_timeout / 3).min(MAX_PING_INTERVAL);
     loop {
         let item = match link
             .outbox
