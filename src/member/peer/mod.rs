@@ -22,8 +22,9 @@ pub mod verifier;
 pub mod writer;
 
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::{bail, Result};
 
@@ -58,6 +59,11 @@ pub struct PeerLink {
     outbox: Outbox,
     requests: Mutex<Requests>,
     complete: AtomicBool,
+    /// Part bytes received from and sent to this peer, for the log line when it goes: who fed
+    /// whom, in a swarm whose members' rates differ.
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    connected_at: Instant,
     /// Parts refused to this peer while we spread every part once: offered again (`HAVE`) when
     /// every part has gone out once. Without that, a peer that rejected-and-waits only asks
     /// again when we next say something, up to a ping interval later, and the last member of a
@@ -76,6 +82,14 @@ impl PeerLink {
     /// True when this connection has no part queued or being sent.
     pub fn uploads_idle(&self) -> bool {
         self.outbox.uploads_idle()
+    }
+
+    fn note_received(&self, bytes: usize) {
+        self.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    fn note_sent(&self, bytes: usize) {
+        self.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     /// Our requests waiting for an answer on this connection.
@@ -155,6 +169,9 @@ pub fn serve(
         outbox: Outbox::default(),
         requests: Mutex::default(),
         complete: AtomicBool::new(false),
+        bytes_in: AtomicU64::new(0),
+        bytes_out: AtomicU64::new(0),
+        connected_at: Instant::now(),
         held_back: Mutex::new(Bitfield::new(shared.orch.part_count())),
     });
     let mut registered = Registered::new(shared, &link)?;
@@ -261,7 +278,13 @@ impl Drop for Registered<'_> {
             .reason
             .take()
             .unwrap_or_else(|| "internal error (see the log)".to_string());
-        log::info!("peer {} dropped: {reason}", link.addr);
+        log::info!(
+            "peer {} dropped: {reason} (after {:.1} s: {} bytes of parts received, {} sent)",
+            link.addr,
+            link.connected_at.elapsed().as_secs_f64(),
+            link.bytes_in.load(Ordering::Relaxed),
+            link.bytes_out.load(Ordering::Relaxed),
+        );
         shared.emit(Event::PeerDropped {
             addr: link.addr,
             reason,

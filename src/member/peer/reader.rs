@@ -275,6 +275,7 @@ impl<'a> Conversation<'a> {
         }
         self.last_progress = Instant::now();
         self.pipeline.note_received(len, self.last_progress);
+        self.link.note_received(len);
         if !expected {
             return Ok(());
         }

@@ -76,6 +76,7 @@ pub fn write_loop(shared: &Shared, link: &PeerLink, mut out: PeerOut) -> Result<
                     .counters
                     .bytes_up
                     .fetch_add(len as u64, Ordering::Relaxed);
+                link.note_sent(len);
             }
         }
         if link.outbox.is_empty() {
