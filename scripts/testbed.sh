@@ -531,6 +531,10 @@ class Bench:
         os.makedirs(d, exist_ok=True)
         argv = [self.bins["member"], orch, "--dir", d, "--listen", "0.0.0.0:0", "--json",
                 "--exit-when-done"] + extra
+        if self.args.upload_cap:
+            # Each member sends at most this fraction of its own emulated uplink (issue 14).
+            up = net.links[host][0] * self.args.upload_cap
+            argv += ["--max-upload-rate", f"{up:.1f}Mbit/s"]
         return Proc(net, host, f"m{host}", argv, logdir)
 
     def curl(self, net, host, logdir):
@@ -1118,6 +1122,10 @@ def main():
     ap.add_argument("--part-size", help="composer PART_SIZE (default: composer's choice)")
     ap.add_argument("--member-arg", action="append", default=[],
                     help="extra member argument, e.g. --member-arg=--pipeline=8 (repeatable)")
+    ap.add_argument("--upload-cap", type=float, default=0, metavar="FRACTION",
+                    help="members (not the seeder) run with --max-upload-rate at this fraction "
+                    "of their emulated uplink, e.g. 0.9 (an experiment: does a saturated uplink "
+                    "slow the member's own downloads?)")
     ap.add_argument("--seeder-arg", action="append", default=[],
                     help="extra argument for the seeder (repeatable)")
     ap.add_argument("--timeout", type=float, default=3600, help="global limit in seconds "
