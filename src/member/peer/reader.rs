@@ -116,68 +116,22 @@ impl<'a> Conversation<'a> {
             let deadline = reader.get_ref().get_ref().deadline();
             deadline.set_idle_timeout(None);
             deadline.set_deadline(self.next_retry().map_or(silent_at, |at| at.min(silent_at)));
-            let message = match reader.read_line() {
-                Ok(line) => PeerMessage::parse(line, parts, part_len),
-                Err(WireError::Closed) => return Ok(()),
-                Err(e) if e.is_timeout() && Instant::now() < silent_at => {
-                    // Woken for a rejected part; what was read of a line is kept.
-                    self.retry_rejected();
-                    self.request_more();
-                    self.check_progress()?;
-                    continue;
+            match reader.read_line() {
+                Ok(line) => {
+                    let message = PeerMessage::parse(line, parts, part_len)
+                        .map_err(|e| self.misbehaved(format!("{e}")))?;
+                    self.handle(&mut reader, message)?;
+                    silent_at = Instant::now() + timeout;
                 }
+                Err(WireError::Closed) => return Ok(()),
+                // Woken for a rejected part; what was read of a line is kept.
+                Err(e) if e.is_timeout() && Instant::now() < silent_at => {}
                 Err(e) if e.is_timeout() => {
                     bail!("silent for {:?}", self.shared.config.peer_timeout)
                 }
                 // A reset or a close mid-line is the network or a crash, not misbehaviour.
                 Err(WireError::Io(e)) => bail!("{e}"),
-                Err(e) => Err(e),
-            };
-            let message = message.map_err(|e| self.misbehaved(format!("{e}")))?;
-            if !self.got_have_map && !matches!(message, PeerMessage::HaveMap { .. }) {
-                return Err(self.misbehaved("first message was not HAVEMAP".into()));
-            }
-            match message {
-                PeerMessage::HaveMap { bytes } => {
-                    if self.got_have_map {
-                        return Err(self.misbehaved("sent a second HAVEMAP".into()));
-                    }
-                    let mut map = vec![0u8; bytes];
-                    reader.read_payload(&mut map)?;
-                    self.their_have =
-                        Bitfield::from_bytes(map, parts).map_err(|e| self.misbehaved(e))?;
-                    self.got_have_map = true;
-                    let mut picker = self.shared.picker.lock();
-                    for index in self.their_have.ones() {
-                        picker.peer_has(index);
-                    }
-                }
-                PeerMessage::Have(index) => {
-                    if self.their_have.set(index) {
-                        self.shared.picker.lock().peer_has(index);
-                    }
-                }
-                PeerMessage::Request(index) => self.serve(index)?,
-                PeerMessage::Cancel(index) => {
-                    for _ in 0..self.link.outbox.cancel_upload(index) {
-                        self.shared.spread.withdraw(index);
-                    }
-                }
-                PeerMessage::Reject(index) => {
-                    log::debug!("peer {}: rejected part {index}", self.link.addr);
-                    if self.link.requests.lock().take_out(index).is_some() {
-                        self.shared.picker.lock().release(index);
-                    }
-                    // Ask others for it; ask this peer again later (see `retry_rejected`).
-                    if self.their_have.get(index) {
-                        self.their_have.clear(index);
-                        self.shared.picker.lock().peer_lost(index);
-                        self.rejected.push((index, Instant::now()));
-                    }
-                }
-                PeerMessage::Piece { index, len } => self.receive(&mut reader, index, len)?,
-                PeerMessage::Pex(addrs) => self.shared.book.learn(addrs.into_iter()),
-                PeerMessage::Ping => {}
+                Err(e) => return Err(self.misbehaved(format!("{e}"))),
             }
             self.retry_rejected();
             let complete = self.their_have.is_full();
@@ -187,8 +141,58 @@ impl<'a> Conversation<'a> {
             }
             self.request_more();
             self.check_progress()?;
-            silent_at = Instant::now() + timeout;
         }
+    }
+
+    /// Acts on one message from the peer.
+    fn handle(&mut self, reader: &mut PeerReader, message: PeerMessage) -> Result<()> {
+        let parts = self.shared.orch.part_count();
+        if !self.got_have_map && !matches!(message, PeerMessage::HaveMap { .. }) {
+            return Err(self.misbehaved("first message was not HAVEMAP".into()));
+        }
+        match message {
+            PeerMessage::HaveMap { bytes } => {
+                if self.got_have_map {
+                    return Err(self.misbehaved("sent a second HAVEMAP".into()));
+                }
+                let mut map = vec![0u8; bytes];
+                reader.read_payload(&mut map)?;
+                self.their_have =
+                    Bitfield::from_bytes(map, parts).map_err(|e| self.misbehaved(e))?;
+                self.got_have_map = true;
+                let mut picker = self.shared.picker.lock();
+                for index in self.their_have.ones() {
+                    picker.peer_has(index);
+                }
+            }
+            PeerMessage::Have(index) => {
+                if self.their_have.set(index) {
+                    self.shared.picker.lock().peer_has(index);
+                }
+            }
+            PeerMessage::Request(index) => self.serve(index)?,
+            PeerMessage::Cancel(index) => {
+                for _ in 0..self.link.outbox.cancel_upload(index) {
+                    self.shared.spread.withdraw(index);
+                }
+            }
+            PeerMessage::Reject(index) => {
+                log::debug!("peer {}: rejected part {index}", self.link.addr);
+                if self.link.requests.lock().take_out(index).is_some() {
+                    self.shared.picker.lock().release(index);
+                }
+                // Ask others for it; ask this peer again later (see `retry_rejected`).
+                if self.their_have.get(index) {
+                    self.their_have.clear(index);
+                    self.shared.picker.lock().peer_lost(index);
+                    self.rejected.push((index, Instant::now()));
+                }
+            }
+            PeerMessage::Piece { index, len } => self.receive(reader, index, len)?,
+            PeerMessage::Pex(addrs) => self.shared.book.learn(addrs.into_iter()),
+            PeerMessage::Ping => {}
+        }
+        Ok(())
     }
 
     fn serve(&mut self, index: u32) -> Result<()> {
