@@ -5,7 +5,8 @@
 #   scripts/testbed.sh --quick                 functional check: 1 seeder + 3 members, 8 MiB, 100 Mbit
 #   scripts/testbed.sh --all [--runs 3]        the six scenarios and the client-server baseline
 #   scripts/testbed.sh --s1 --s6 --baseline    some of them (--s1 ... --s6, --baseline)
-#   scripts/testbed.sh --latency [--runs 3]    W1-W6 of issue 10: round trips 10-150 ms
+#   scripts/testbed.sh --latency [--runs 3]    W1-W6 of issue 10: round trips 10-150 ms; W7, W8:
+#                                              issue 14's scenarios 2 and 3 at 50 ms
 #   scripts/testbed.sh --calibrate             what the delay emulator does by itself
 #   scripts/testbed.sh --origin [--runs 3]     nginx as an HTTP origin + 7 members with --origin,
 #                                              no seeder member, 100 Mbit (issue 12)
@@ -56,6 +57,7 @@ MiB = 1 << 20
 NET = "10.77.0"            # private, and only inside our namespaces
 CONDUCTOR_PORT = 7000
 HTTP_PORT = 8000
+FLOOR_PORT = 7100
 BR = "br0"
 
 
@@ -410,19 +412,41 @@ def t_min(F, u_s, d_min, u_members):
     return max(F / u_s, F / d_min, N * F / (u_s + sum(u_members)))
 
 
+def ideal_plan(F, u_s, u_members):
+    """Kumar and Ross's schedule in whole bytes: (piece per member, direct part to each).
+    Member i relays a piece of its own, in proportion to its uplink, to every other member; if
+    the members' uplinks are more than the seeder's can keep busy, the seeder sends the rest of
+    the file straight to everyone. Sizes add up to F exactly."""
+    N, S = len(u_members), sum(u_members)
+    if N == 1:
+        return [F], 0
+    if u_s * (N - 1) <= S:
+        direct = 0
+    else:
+        T = N * F / (u_s + S)
+        direct = int((u_s - S / (N - 1)) * T / N)
+    rest = F - direct
+    pieces = [int(rest * u / S) for u in u_members]
+    pieces[-1] += rest - sum(pieces)
+    return pieces, direct
+
+
 def spread(lo, hi, n):
     return [round(lo + (hi - lo) * k / (n - 1), 1) for k in range(n)] if n > 1 else [hi]
 
 
+# Targets: issue 14's for scenarios 1-3 (ratio to T_min; copies: most the seeder may send),
+# issue 4's for the others.
 SCENARIOS = {
     "quick": dict(title="quick: 1 seeder + 3 members, 100 Mbit", members=3, size=8,
                   seed=(100, 100), up=[100] * 3, down=[100] * 3),
     "s1": dict(title="1: 1 seeder + 7 members, 100/100 Mbit", members=7, size=128,
-               seed=(100, 100), up=[100] * 7, down=[100] * 7, target=1.25, copies=1.5),
+               seed=(100, 100), up=[100] * 7, down=[100] * 7, target=1.18, copies=1.5),
     "s2": dict(title="2: 1 seeder + 15 members, 50 up/100 down", members=15, size=128,
-               seed=(50, 100), up=[50] * 15, down=[100] * 15, target=1.3),
+               seed=(50, 100), up=[50] * 15, down=[100] * 15, target=1.15),
     "s3": dict(title="3: heterogeneous, members up 20-100 Mbit", members=7, size=128,
-               seed=(100, 100), up=spread(20, 100, 7), down=[100] * 7, target=1.4),
+               seed=(100, 100), up=spread(20, 100, 7), down=[100] * 7, target=1.2,
+               copies=1.15),
     "s4": dict(title="4: late joiners, 4 of 8 start 5 s later", members=8, size=128,
                seed=(100, 100), up=[100] * 8, down=[100] * 8, late=4, late_delay=5.0),
     "s5": dict(title="5: seeder quits after sending 1.2 F", members=7, size=128,
@@ -472,10 +496,15 @@ LATENCY = {
     "w6": dict(title="W6: 1 -> 1 at 50 ms RTT, 1 Gbit/s, seeder --max-upload-rate 20MB/s",
                members=1, size=256, seed=(1000, 1000), up=[1000], down=[1000],
                delay=[12.5] * 3, seeder_args=["--max-upload-rate", "20MB/s"], cap_rate=20e6),
+    # Issue 14: scenarios 2 and 3 at 50 ms between any two hosts (W3 is scenario 1 at 50 ms).
+    "w7": dict(SCENARIOS["s2"], title="W7: scenario 2 (1 + 15, 50 up/100 down) at 50 ms RTT",
+               delay=[12.5] * 17, target=1.3),
+    "w8": dict(SCENARIOS["s3"], title="W8: scenario 3 (uplinks 20-100 Mbit) at 50 ms RTT",
+               delay=[12.5] * 9, target=1.3),
 }
 SCENARIOS.update(LATENCY)
 W_OPTIONS = {"w1": ["w1_10", "w1_50", "w1_100"], "w2": ["w2"], "w3": ["w3"], "w4": ["w4"],
-             "w5": ["w5"], "w6": ["w6"]}
+             "w5": ["w5"], "w6": ["w6"], "w7": ["w7"], "w8": ["w8"]}
 
 
 class Bench:
@@ -607,6 +636,36 @@ http {{
         return total
 
     # One run of one scenario on an existing network; returns a dict of results.
+    def floor_once(self, key, sc, net, run_no):
+        """The plain-TCP ideal schedule (examples/ideal_schedule.rs) on this network: how long
+        the fluid-optimal plan takes when TCP, the links and the emulator are all there is."""
+        logdir = os.path.join(self.work, f"{key}-floor{run_no}")
+        os.makedirs(logdir)
+        F = sc["size"] * MiB
+        members = list(range(2, 2 + sc["members"]))
+        pieces, direct = ideal_plan(F, mbit(sc["seed"][0]), [mbit(u) for u in sc["up"]])
+        plan = ["--members", ",".join(net.ip(h) for h in members), "--port", str(FLOOR_PORT),
+                "--piece", ",".join(str(p) for p in pieces), "--direct", str(direct)]
+        tmin = t_min(F, mbit(sc["seed"][0]), min(mbit(d) for d in sc["down"]),
+                     [mbit(u) for u in sc["up"]])
+        STARTED.clear()
+        try:
+            t0 = time.monotonic()
+            procs = [(h, Proc(net, h, f"m{h}", [self.bins["ideal"], "member", "--me", str(k)]
+                              + plan, logdir)) for k, h in enumerate(members)]
+            seeder = Proc(net, 1, "seeder", [self.bins["ideal"], "seed"] + plan, logdir)
+            self._wait(procs + [(1, seeder)], self.args.run_limit or max(45.0, 4 * tmin + 20))
+            times = {}
+            for h, p in procs:
+                tc, _ = p.first("complete")
+                if p.p.returncode == 0 and tc is not None:
+                    times[h] = p.t0 - t0 + tc
+        finally:
+            stop_all()
+        slowest = max(times.values()) if len(times) == len(procs) else None
+        return dict(floor_slowest=slowest, floor_ratio=slowest / tmin if slowest else None,
+                    floor_plan=dict(pieces=pieces, direct=direct))
+
     def run_once(self, key, sc, net, run_no):
         args = self.args
         logdir = os.path.join(self.work, f"{key}-run{run_no}")
@@ -900,6 +959,8 @@ http {{
                     res = swarm
                 else:
                     res = self.run_once(key, sc, net, r)
+                if self.args.floor and not sc.get("http_origin"):
+                    res.update(self.floor_once(key, sc, net, r))
                 results.append(res)
                 log("   " + one_line(res))
         finally:
@@ -993,6 +1054,9 @@ def one_line(r):
     elif SCENARIOS.get(r["scenario"], {}).get("seeder_quits"):
         s += (f"; seeder NEVER quit (it sent less than "
               f"{SCENARIOS[r['scenario']]['seeder_quits']} F before the end: scenario not tested)")
+    if "floor_ratio" in r:
+        s += (f"; plain-TCP ideal schedule {fmt(r['floor_slowest'])} s = "
+              f"{fmt(r['floor_ratio'])} x T_min")
     if r.get("redundant") is not None:
         s += f"; redundant payload sent {r['redundant']:.0%} of what members kept"
     if r.get("first_part_exact_s") is not None:
@@ -1073,8 +1137,11 @@ def summary_table(all_results, not_run):
         if sc.get("versus_http"):
             extra = f" (curl {fmt(med(rs, 'http_time'))} s)"
         ok_runs = sum(1 for r in rs if r["all_ok"])
+        floor = ""
+        if any("floor_ratio" in r for r in rs):
+            floor = f" (plain-TCP ideal schedule {fmt(med(rs, 'floor_ratio'))})"
         log(f"| {sc['title']} | {ok_runs}/{len(rs)} | {rs[0]['t_min']:.2f} | {fmt(med(rs, 'slowest'))}"
-            f"{extra} | {fmt(med(rs, 'mean'))} | {fmt(med(rs, 'ratio'))} | "
+            f"{extra} | {fmt(med(rs, 'mean'))} | {fmt(med(rs, 'ratio'))}{floor} | "
             f"{fmt(med(rs, 'seeder_copies'))} | {fmt(med(rs, 'first_part_exact_s') or med(rs, 'first_part_s'), '.3f')} | {why} | "
             f"{'yes' if good else 'no'} |")
     for key, why in not_run.items():
@@ -1096,7 +1163,8 @@ def main():
     for k, keys in W_OPTIONS.items():
         ap.add_argument(f"--{k}", action="store_true",
                         help="; ".join(SCENARIOS[x]["title"] for x in keys))
-    ap.add_argument("--latency", action="store_true", help="W1 to W6 (issue 10)")
+    ap.add_argument("--latency", action="store_true",
+                    help="W1 to W6 (issue 10), W7 and W8 (issue 14)")
     ap.add_argument("--origin", action="store_true", help=SCENARIOS["origin"]["title"]
                     + " (needs nginx and curl)")
     ap.add_argument("--calibrate", action="store_true", help="measure the emulator by itself: "
@@ -1113,6 +1181,9 @@ def main():
                     help="latency scenarios: fraction of packets the emulator drops (default 0)")
     ap.add_argument("--netem", help="the emulator binary (default: target/release/examples/netem, "
                     "built with cargo if missing)")
+    ap.add_argument("--floor", action="store_true",
+                    help="after each run, the plain-TCP ideal schedule (examples/ideal_schedule.rs) "
+                    "on the same network: the testbed's floor for that scenario (issue 14)")
     ap.add_argument("--runs", type=int, default=3, help="runs per scenario (default 3)")
     ap.add_argument("--size", type=int, help="file size in MiB for every scenario "
                     "(default: 128, 512 for s6, 8 for --quick)")
@@ -1172,7 +1243,7 @@ def main():
     if not keys and not args.calibrate:
         ap.print_usage()
         log("choose --quick, --all, --latency, --calibrate or some of --s1 ... --s6, --baseline, "
-            "--w1 ... --w6")
+            "--w1 ... --w8")
         return 2
     if args.size:
         for k in keys:
@@ -1248,6 +1319,13 @@ def main():
                      "--manifest-path", os.path.join(ROOT, "Cargo.toml")], timeout=1200)
             bench.bins["netem"] = os.path.join(work, "bin", "netem")
             shutil.copy2(netem, bench.bins["netem"])
+        if args.floor:
+            ideal = os.path.join(ROOT, "target", "release", "examples", "ideal_schedule")
+            log("building the ideal schedule (examples/ideal_schedule.rs)...")
+            run(["cargo", "build", "--release", "--quiet", "--example", "ideal_schedule",
+                 "--manifest-path", os.path.join(ROOT, "Cargo.toml")], timeout=1200)
+            bench.bins["ideal"] = os.path.join(work, "bin", "ideal_schedule")
+            shutil.copy2(ideal, bench.bins["ideal"])
         log(f"testbed {args.runid}: namespaces tnc-{args.runid}-*, network {NET}.0/24 inside them "
             f"only; work folder {work}; load {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpus")
         results = {}
