@@ -1028,6 +1028,21 @@ def busy(a, b):
     return round(1 - idle / total, 3) if total else None
 
 
+def congestion_control(host_sysctls):
+    """What the hosts' TCP uses: new namespaces take the machine's default, unless
+    --host-sysctl sets another. It matters: with BBR (this VM's default) a member whose uplink
+    is full downloads slower than with CUBIC (docs/BENCHMARKS.md, issue 14)."""
+    for kv in reversed(host_sysctls):
+        key, _, value = kv.partition("=")
+        if key.strip() == "net.ipv4.tcp_congestion_control":
+            return value.strip()
+    try:
+        with open("/proc/sys/net/ipv4/tcp_congestion_control") as f:
+            return f.read().strip()
+    except OSError:
+        return "unknown"
+
+
 def fmt(x, spec=".2f"):
     return "-" if x is None else format(x, spec)
 
@@ -1327,7 +1342,8 @@ def main():
             bench.bins["ideal"] = os.path.join(work, "bin", "ideal_schedule")
             shutil.copy2(ideal, bench.bins["ideal"])
         log(f"testbed {args.runid}: namespaces tnc-{args.runid}-*, network {NET}.0/24 inside them "
-            f"only; work folder {work}; load {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpus")
+            f"only; work folder {work}; load {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpus; "
+            f"TCP congestion control {congestion_control(args.host_sysctl)}")
         results = {}
         if args.calibrate:
             log("== calibration: curl from http.server through the emulator, 1 run each")
