@@ -12,9 +12,15 @@
 //! connection starts with one tag byte saying what it carries.
 //!
 //! ```text
-//! ideal_schedule seed   --members IP,IP,... --port P --piece BYTES,... [--direct BYTES]
-//! ideal_schedule member --me K --members IP,IP,... --port P --piece BYTES,... [--direct BYTES]
+//! ideal_schedule seed   --members IP,... --port P --piece BYTES,... [--direct BYTES] --seconds S
+//! ideal_schedule member --me K --members IP,... --port P --piece BYTES,... [--direct BYTES] --seconds S
 //! ```
+//!
+//! Every stream is paced (`SO_MAX_PACING_RATE`) at its share of the plan: its bytes over
+//! `--seconds`, the plan's time, which the testbed sets to T_min with the links' header overhead
+//! (1514 bytes on the wire per 1448 of payload). Unpaced, the seeder's streams share its uplink
+//! as TCP happens to share it, one piece arrives late and holds everyone back: that measured
+//! TCP's unfairness (1.27-1.52 × T_min in scenario 1), not the floor.
 //!
 //! A member prints `{"event":"complete","seconds":S}` once it holds all of F bytes (S since it
 //! started) and exits after its relays are sent; the seeder exits when it has sent everything.
@@ -40,11 +46,18 @@ struct Plan {
     port: u16,
     pieces: Vec<u64>,
     direct: u64,
+    /// The plan's time: each stream is paced at its bytes over this.
+    seconds: f64,
 }
 
 impl Plan {
     fn file_size(&self) -> u64 {
         self.pieces.iter().sum::<u64>() + self.direct
+    }
+
+    /// Bytes per second for a stream of `bytes`.
+    fn pace(&self, bytes: u64) -> u64 {
+        (bytes as f64 / self.seconds).ceil() as u64
     }
 }
 
@@ -86,7 +99,14 @@ fn run() -> Result<(), String> {
             .unwrap_or("0")
             .parse()
             .map_err(|e| format!("--direct: {e}"))?,
+        seconds: value("--seconds")
+            .ok_or("--seconds is missing")?
+            .parse()
+            .map_err(|e| format!("--seconds: {e}"))?,
     };
+    if !(plan.seconds > 0.0 && plan.seconds < 1e6) {
+        return Err("--seconds must be positive".into());
+    }
     if plan.pieces.len() != plan.members.len() {
         return Err("one --piece size per member".into());
     }
@@ -106,13 +126,35 @@ fn run() -> Result<(), String> {
     }
 }
 
-fn dial(ip: IpAddr, port: u16, tag: u8) -> io::Result<TcpStream> {
+/// Caps the stream's sending rate in the kernel (TCP's own pacing, which this option turns on).
+fn pace(stream: &TcpStream, bytes_per_second: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let rate = bytes_per_second.max(1);
+    // SAFETY: setsockopt reads the u64 on this stack frame, of the size given; the socket is
+    // open for the call.
+    let failed = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MAX_PACING_RATE,
+            (&rate as *const u64).cast(),
+            std::mem::size_of::<u64>() as libc::socklen_t,
+        )
+    } != 0;
+    if failed {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn dial(ip: IpAddr, port: u16, tag: u8, rate: u64) -> io::Result<TcpStream> {
     let addr = SocketAddr::new(ip, port);
     let started = Instant::now();
     loop {
         match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
             Ok(mut stream) => {
                 stream.set_nodelay(true)?;
+                pace(&stream, rate)?;
                 stream.write_all(&[tag])?;
                 return Ok(stream);
             }
@@ -138,11 +180,12 @@ fn seed(plan: &Plan) -> Result<(), String> {
     let mut threads = Vec::new();
     for (k, &ip) in plan.members.iter().enumerate() {
         let (port, piece, direct) = (plan.port, plan.pieces[k], plan.direct);
+        let (piece_rate, direct_rate) = (plan.pace(piece), plan.pace(direct));
         threads.push(thread::spawn(move || -> io::Result<()> {
-            let mut own = dial(ip, port, TAG_OWN)?;
+            let mut own = dial(ip, port, TAG_OWN, piece_rate)?;
             let direct_thread = (direct > 0).then(|| {
                 thread::spawn(move || -> io::Result<()> {
-                    send_zeros(&mut dial(ip, port, TAG_KEEP)?, direct)
+                    send_zeros(&mut dial(ip, port, TAG_KEEP, direct_rate)?, direct)
                 })
             });
             send_zeros(&mut own, piece)?;
@@ -185,9 +228,9 @@ fn member(plan: &Plan, me: usize) -> Result<(), String> {
         if k == me || own_piece == 0 {
             continue;
         }
-        let (arrived, port) = (Arc::clone(&arrived), plan.port);
+        let (arrived, port, rate) = (Arc::clone(&arrived), plan.port, plan.pace(own_piece));
         relays.push(thread::spawn(move || -> io::Result<()> {
-            let mut out = dial(ip, port, TAG_KEEP)?;
+            let mut out = dial(ip, port, TAG_KEEP, rate)?;
             let mut sent = 0u64;
             while sent < own_piece {
                 let mut have = arrived
