@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use clap::{CommandFactory, Parser};
 use torrentnchill::cli::exit::{self, Failure, OrExit};
 use torrentnchill::cli::{self, units, BarSlot};
-use torrentnchill::member::peer::MAX_QUEUED_UPLOADS as MAX_PIPELINE;
+use torrentnchill::member::peer::BASE_QUEUED_UPLOADS as MAX_PIPELINE;
 use torrentnchill::member::report::{JsonReport, TerminalReport};
 use torrentnchill::member::session::{self, QuitSignal, Report, SessionOptions};
 use torrentnchill::member::{check, origin, Member, MemberConfig};

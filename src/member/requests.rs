@@ -14,19 +14,19 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::peer::MAX_QUEUED_UPLOADS;
+use super::peer::queued_uploads_allowed;
 
 /// Bytes of requests kept in flight per peer before its rate and round trip are known.
 const FLOOR_BYTES: u64 = 2 << 20;
 /// Fewest requests in flight per peer, and most for the floor.
 const MIN_DEPTH: u64 = 2;
-const MAX_FLOOR_DEPTH: u64 = 16;
+const MAX_FLOOR_DEPTH: u64 = 64;
 /// How much more than rate × round trip to keep out: room for the rate to grow and for the
 /// jitter of a real link.
 const HEADROOM: f64 = 2.0;
 /// Most bytes in flight to one peer. Requests cost us nothing while out (the peer holds the
 /// data); this bounds what one slow peer can hold of ours in the endgame. The protocol bounds
-/// the count too: at most [`MAX_QUEUED_UPLOADS`] requests may wait at the peer.
+/// the count too: at most [`queued_uploads_allowed`] requests may wait at the peer.
 const MAX_IN_FLIGHT_BYTES: u64 = 256 << 20;
 /// The rate is measured over twice the round trip, within these bounds: long enough to span
 /// several parts, short enough to follow a growing window quickly.
@@ -155,7 +155,9 @@ impl Pipeline {
     /// The most requests ever kept in flight to one peer.
     pub fn cap(&self) -> usize {
         let by_bytes = (MAX_IN_FLIGHT_BYTES / self.part_size).max(MIN_DEPTH);
-        by_bytes.min(MAX_QUEUED_UPLOADS as u64).max(self.floor()) as usize
+        by_bytes
+            .min(queued_uploads_allowed(self.part_size) as u64)
+            .max(self.floor()) as usize
     }
 
     /// Requests to keep in flight now.
@@ -200,10 +202,10 @@ mod tests {
     fn the_floor_until_measured_then_a_fixed_depth_if_set() {
         let now = Instant::now();
         assert_eq!(Pipeline::new(None, 256 << 10, now).depth(now), 8);
-        assert_eq!(Pipeline::new(None, 64 << 10, now).depth(now), 16);
+        assert_eq!(Pipeline::new(None, 64 << 10, now).depth(now), 32);
         assert_eq!(Pipeline::new(None, 16 << 20, now).depth(now), 2);
         assert_eq!(Pipeline::new(Some(5), 16 << 20, now).depth(now), 5);
-        assert_eq!(Pipeline::new(None, 0, now).depth(now), 16);
+        assert_eq!(Pipeline::new(None, 0, now).depth(now), 64);
     }
 
     /// Feeds `pipeline` parts at `rate` bytes per second for `seconds`.

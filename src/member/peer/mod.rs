@@ -40,7 +40,7 @@ use outbox::{Outbox, Outgoing};
 use reader::Conversation;
 use verifier::Verifier;
 
-pub use outbox::MAX_QUEUED_UPLOADS;
+pub use outbox::{queued_uploads_allowed, BASE_QUEUED_UPLOADS};
 
 /// Unsent bytes the kernel may hold per connection (see [`crate::net::limit_unsent`]), so that
 /// a `REQUEST` or `HAVE` written after a part leaves soon, not after megabytes of queued uploads
@@ -166,7 +166,7 @@ pub fn serve(
         listen_addr,
         initiated_by_us: dialed.is_some(),
         stream: stream.try_clone()?,
-        outbox: Outbox::default(),
+        outbox: Outbox::new(queued_uploads_allowed(shared.orch.part_size)),
         requests: Mutex::default(),
         complete: AtomicBool::new(false),
         bytes_in: AtomicU64::new(0),

@@ -2,7 +2,7 @@
 //!
 //! Control lines go before part data, so that our requests and `HAVE`s never wait behind an
 //! upload to the same peer; queued uploads are bounded, so a peer that floods requests without
-//! reading cannot make us hold more than [`MAX_QUEUED_UPLOADS`] of them.
+//! reading cannot make us hold more than [`queued_uploads_allowed`] of them.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -10,8 +10,25 @@ use std::time::{Duration, Instant};
 use crate::sync::{Condvar, Mutex};
 use crate::wire::PeerMessage;
 
-/// Most uploads a peer may have queued with us; more is a protocol violation.
-pub const MAX_QUEUED_UPLOADS: usize = 64;
+/// Uploads a peer may always have queued with us; more is a protocol violation unless the parts
+/// are small enough for [`queued_uploads_allowed`] to allow more.
+pub const BASE_QUEUED_UPLOADS: usize = 64;
+/// Most bytes of queued uploads that [`queued_uploads_allowed`] allows for small parts: 64
+/// parts of 256 KiB, so that a link with a large bandwidth × delay product stays as full with
+/// small parts as with those.
+const QUEUED_UPLOAD_BYTES: u64 = 16 << 20;
+/// Most uploads a peer may have queued with us, whatever the part size.
+const MOST_QUEUED_UPLOADS: usize = 1024;
+
+/// How many uploads a peer may have queued with us for parts of `part_size` bytes: both ends
+/// compute it from the `.orch`. [`BASE_QUEUED_UPLOADS`] for parts of 256 KiB and more, the same
+/// bytes in more requests for smaller parts, at most [`MOST_QUEUED_UPLOADS`].
+pub fn queued_uploads_allowed(part_size: u64) -> usize {
+    let by_bytes = QUEUED_UPLOAD_BYTES / part_size.max(1);
+    usize::try_from(by_bytes)
+        .unwrap_or(MOST_QUEUED_UPLOADS)
+        .clamp(BASE_QUEUED_UPLOADS, MOST_QUEUED_UPLOADS)
+}
 
 /// What a connection's writer sends next.
 pub enum Outgoing {
@@ -47,13 +64,26 @@ struct OutboxState {
 }
 
 /// The queue between the member and one connection's writer thread.
-#[derive(Default)]
 pub struct Outbox {
     state: Mutex<OutboxState>,
     ready: Condvar,
+    /// Most uploads, and most `REJECT`s, queued at once ([`queued_uploads_allowed`]).
+    limit: usize,
 }
 
 impl Outbox {
+    pub fn new(limit: usize) -> Outbox {
+        Outbox {
+            state: Mutex::default(),
+            ready: Condvar::new(),
+            limit,
+        }
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
     pub fn push(&self, item: Outgoing) {
         let mut state = self.state.lock();
         state.control.push_back(item);
@@ -62,7 +92,7 @@ impl Outbox {
 
     pub fn push_upload(&self, index: u32, counted: bool) -> bool {
         let mut state = self.state.lock();
-        if state.uploads.len() >= MAX_QUEUED_UPLOADS {
+        if state.uploads.len() >= self.limit {
             return false;
         }
         state.uploads.push_back((index, counted));
@@ -70,11 +100,11 @@ impl Outbox {
         true
     }
 
-    /// Queues a `REJECT`; false when [`MAX_QUEUED_UPLOADS`] are already waiting to be sent,
+    /// Queues a `REJECT`; false when [`Outbox::limit`] are already waiting to be sent,
     /// which only a peer that floods requests without reading the answers can cause.
     pub fn push_reject(&self, index: u32) -> bool {
         let mut state = self.state.lock();
-        if state.rejects >= MAX_QUEUED_UPLOADS {
+        if state.rejects >= self.limit {
             return false;
         }
         state.rejects += 1;
@@ -149,5 +179,29 @@ impl Outbox {
     pub fn is_empty(&self) -> bool {
         let state = self.state.lock();
         state.control.is_empty() && state.uploads.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_parts_may_queue_the_bytes_that_large_ones_do() {
+        assert_eq!(queued_uploads_allowed(16 << 20), BASE_QUEUED_UPLOADS);
+        assert_eq!(queued_uploads_allowed(256 << 10), BASE_QUEUED_UPLOADS);
+        assert_eq!(queued_uploads_allowed(64 << 10), 256);
+        assert_eq!(queued_uploads_allowed(16 << 10), 1024);
+        assert_eq!(queued_uploads_allowed(1), MOST_QUEUED_UPLOADS);
+        assert_eq!(queued_uploads_allowed(0), MOST_QUEUED_UPLOADS);
+    }
+
+    #[test]
+    fn uploads_and_rejects_past_the_limit_are_refused() {
+        let outbox = Outbox::new(3);
+        assert!((0..3).all(|i| outbox.push_upload(i, false)));
+        assert!(!outbox.push_upload(3, false));
+        assert!((0..3).all(|i| outbox.push_reject(i)));
+        assert!(!outbox.push_reject(3));
     }
 }

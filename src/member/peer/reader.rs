@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Result};
 
 use super::link::PeerIn;
-use super::outbox::MAX_QUEUED_UPLOADS;
 use super::verifier::Verifier;
 use super::PeerLink;
 use crate::member::bitfield::Bitfield;
@@ -219,15 +218,13 @@ impl<'a> Conversation<'a> {
         };
         if !have || draining || held_back {
             if !self.link.outbox.push_reject(index) {
-                return Err(
-                    self.misbehaved(format!("more than {MAX_QUEUED_UPLOADS} requests queued"))
-                );
+                return Err(self.too_many_requests());
             }
         } else if !self.link.outbox.push_upload(index, seeding) {
             if seeding {
                 self.shared.spread.withdraw(index);
             }
-            return Err(self.misbehaved(format!("more than {MAX_QUEUED_UPLOADS} requests queued")));
+            return Err(self.too_many_requests());
         }
         Ok(())
     }
@@ -378,6 +375,13 @@ impl<'a> Conversation<'a> {
     }
 
     /// Bans the peer for the rest of this run and returns the error that ends the connection.
+    fn too_many_requests(&self) -> anyhow::Error {
+        self.misbehaved(format!(
+            "more than {} requests queued",
+            self.link.outbox.limit()
+        ))
+    }
+
     fn misbehaved(&self, why: String) -> anyhow::Error {
         self.shared
             .book
