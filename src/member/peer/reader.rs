@@ -25,6 +25,8 @@ use crate::wire::{LineReader, PeerMessage, WireError, MAX_PEX};
 
 /// How long a part a peer rejected is asked from others only.
 const REJECT_RETRY: Duration = Duration::from_secs(2);
+/// How long a peer that held our requests without an answer is not dialed or accepted.
+pub const STALL_SUSPENSION: Duration = Duration::from_secs(30);
 /// Smallest choice of parts the picker randomizes over.
 const MIN_PICK_WINDOW: u32 = 16;
 /// Bytes read from the socket at once.
@@ -347,14 +349,20 @@ impl<'a> Conversation<'a> {
         }
     }
 
-    /// Drops a peer that holds our requests without answering: it claims parts it never sends.
+    /// Drops a peer that holds our requests without answering: it claims parts it never sends,
+    /// or its link stalls (TCP backing off after losses can be silent for longer than the
+    /// timeout). Which of the two cannot be told, so it is suspended, not banned: dialed and
+    /// accepted again after [`STALL_SUSPENSION`], since it may be the last one with our parts.
     fn check_progress(&self) -> Result<()> {
         let waiting = !self.link.requests.lock().out.is_empty();
         if waiting && self.last_progress.elapsed() > self.shared.config.peer_timeout {
-            return Err(self.misbehaved(format!(
-                "sent no requested part for {:?}",
+            self.shared
+                .book
+                .suspend(self.link.peer_id, self.link.listen_addr, STALL_SUSPENSION);
+            bail!(
+                "suspended for {STALL_SUSPENSION:?}: sent no requested part for {:?}",
                 self.shared.config.peer_timeout
-            )));
+            );
         }
         Ok(())
     }

@@ -29,8 +29,14 @@ struct BookState {
     known: HashMap<SocketAddr, KnownPeer>,
     /// Our own listening addresses as others see them: never dialed.
     ourselves: HashSet<SocketAddr>,
-    banned_ids: HashSet<PeerId>,
-    banned_addrs: HashSet<SocketAddr>,
+    /// Banned peers, by id and by listen address: forever (`None`), or until a time.
+    banned_ids: HashMap<PeerId, Option<Instant>>,
+    banned_addrs: HashMap<SocketAddr, Option<Instant>>,
+}
+
+/// Whether a ban that lasts `until` holds at `now`.
+fn in_force(until: Option<&Option<Instant>>, now: Instant) -> bool {
+    until.is_some_and(|until| until.is_none_or(|t| t > now))
 }
 
 /// Everything a member knows about other members' addresses.
@@ -65,18 +71,41 @@ impl Book {
         }
     }
 
+    /// Never talks to the peer again: it broke the protocol or sent bad data.
     pub fn ban(&self, peer_id: PeerId, listen_addr: Option<SocketAddr>) {
         let mut state = self.state.lock();
-        state.banned_ids.insert(peer_id);
+        state.banned_ids.insert(peer_id, None);
         if let Some(addr) = listen_addr {
-            state.banned_addrs.insert(addr);
+            state.banned_addrs.insert(addr, None);
+        }
+    }
+
+    /// Does not talk to the peer for `duration`: for what a liar and a congested link both
+    /// cause (requests held without an answer), so that an honest peer behind a link that
+    /// stalled, perhaps the last one with the parts we lack, is not lost for good.
+    pub fn suspend(&self, peer_id: PeerId, listen_addr: Option<SocketAddr>, duration: Duration) {
+        let until = Instant::now() + duration;
+        // A ban for good stays one; a shorter suspension is lengthened.
+        let lengthen = |ban: &mut Option<Instant>| {
+            if let Some(t) = ban {
+                *t = (*t).max(until);
+            }
+        };
+        let mut state = self.state.lock();
+        lengthen(state.banned_ids.entry(peer_id).or_insert(Some(until)));
+        if let Some(addr) = listen_addr {
+            lengthen(state.banned_addrs.entry(addr).or_insert(Some(until)));
         }
     }
 
     pub fn is_banned(&self, peer_id: PeerId, listen_addr: Option<SocketAddr>) -> bool {
+        self.is_banned_at(peer_id, listen_addr, Instant::now())
+    }
+
+    fn is_banned_at(&self, peer_id: PeerId, listen_addr: Option<SocketAddr>, now: Instant) -> bool {
         let state = self.state.lock();
-        state.banned_ids.contains(&peer_id)
-            || listen_addr.is_some_and(|a| state.banned_addrs.contains(&a))
+        in_force(state.banned_ids.get(&peer_id), now)
+            || listen_addr.is_some_and(|a| in_force(state.banned_addrs.get(&a), now))
     }
 
     pub fn mark_self(&self, addr: SocketAddr) {
@@ -113,7 +142,7 @@ impl Book {
                     || peer.next_try.is_some_and(|t| t > now)
                     || connected.contains(*addr)
                     || ourselves.contains(*addr)
-                    || banned_addrs.contains(*addr))
+                    || in_force(banned_addrs.get(*addr), now))
             })
             .map(|(addr, peer)| (peer.failures, *addr))
             .collect();
@@ -149,4 +178,27 @@ fn forget_a_failed_address(known: &mut HashMap<SocketAddr, KnownPeer>) -> bool {
         .max_by_key(|(_, peer)| peer.failures)
         .map(|(addr, _)| *addr);
     worst.is_some_and(|addr| known.remove(&addr).is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_suspension_ends_and_a_ban_does_not() {
+        let book = Book::default();
+        let (liar, stalled) = (PeerId::random(), PeerId::random());
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        book.ban(liar, None);
+        book.suspend(stalled, Some(addr), Duration::from_secs(30));
+        let now = Instant::now();
+        let later = now + Duration::from_secs(31);
+        assert!(book.is_banned_at(stalled, None, now));
+        assert!(book.is_banned_at(PeerId::random(), Some(addr), now));
+        assert!(!book.is_banned_at(stalled, Some(addr), later));
+        assert!(book.is_banned_at(liar, None, later));
+        // Suspending a banned peer does not shorten its ban.
+        book.suspend(liar, None, Duration::from_secs(1));
+        assert!(book.is_banned_at(liar, None, later));
+    }
 }
