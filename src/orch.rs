@@ -391,18 +391,11 @@ impl Orchestra {
         self.part_size.min(self.file_size) as usize
     }
 
-    /// The part size that `composer` picks when none is given: a power of two from 64 KiB to
-    /// 16 MiB that gives 2,049 to 4,096 parts (fewer for files under 128 MiB, more over 64 GiB).
-    ///
-    /// Why so many: a part is passed on only once it is whole and verified, so each hop of a
-    /// part through a swarm takes as long as its upload, and an uplink serving many requesters
-    /// at once serves each part slowly. On the swarm testbed's scenario 2 (15 members at
-    /// 50 Mbit/s) 64 KiB parts (2,048) gave 1.12-1.16 × T_min against 1.19-1.21 with 256 KiB
-    /// (512; docs/BENCHMARKS.md). The cost is a request, a header and a `sendfile` per part: a
-    /// 1 GiB transfer over loopback takes 2.6 % longer with 256 KiB parts than with 1 MiB.
+    /// The part size that `composer` picks when none is given: a power of two from 256 KiB to
+    /// 16 MiB that gives about 1,000 to 2,000 parts.
     pub fn default_part_size(file_size: u64) -> u64 {
-        let mut part = 64 * 1024u64;
-        while part < 16 * 1024 * 1024 && file_size.div_ceil(part) > 4096 {
+        let mut part = 256 * 1024u64;
+        while part < 16 * 1024 * 1024 && file_size.div_ceil(part) > 2000 {
             part *= 2;
         }
         part
@@ -616,15 +609,14 @@ mod tests {
     }
 
     #[test]
-    fn default_part_size_targets_2049_to_4096_parts() {
-        assert_eq!(Orchestra::default_part_size(0), 64 * 1024);
-        assert_eq!(Orchestra::default_part_size(128 << 20), 64 * 1024);
-        assert_eq!(Orchestra::default_part_size(1 << 30), 256 << 10);
-        assert_eq!(Orchestra::default_part_size(4 << 30), 1 << 20);
+    fn default_part_size_targets_1000_to_2000_parts() {
+        assert_eq!(Orchestra::default_part_size(0), 256 * 1024);
+        assert_eq!(Orchestra::default_part_size(1 << 30), 1 << 20);
+        assert_eq!(Orchestra::default_part_size(4 << 30), 4 << 20);
         assert_eq!(Orchestra::default_part_size(1 << 40), 16 << 20);
-        for size in [(256 << 20) + 1, 1 << 30, (5 << 30) + 12_345, 1 << 36] {
-            let parts = u64::div_ceil(size, Orchestra::default_part_size(size));
-            assert!((2049..=4096).contains(&parts), "{size}: {parts}");
+        for shift in 29..35 {
+            let parts = (1u64 << shift).div_ceil(Orchestra::default_part_size(1 << shift));
+            assert!((1000..=2000).contains(&parts), "{shift}: {parts}");
         }
     }
 

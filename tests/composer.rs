@@ -146,8 +146,8 @@ fn default_part_size_and_conductor() {
         orch.part_size,
         Orchestra::default_part_size(data.len() as u64)
     );
-    assert_eq!(orch.part_size, 64 * 1024);
-    assert_eq!(orch.part_count(), 49);
+    assert_eq!(orch.part_size, 256 * 1024);
+    assert_eq!(orch.part_count(), 13);
     assert_eq!(orch.file_checksum.to_hex(), sha256_hex(&data));
     for (i, part) in data.chunks(orch.part_size as usize).enumerate() {
         assert_eq!(orch.part_checksums[i], Checksum::of(part), "part {i}");

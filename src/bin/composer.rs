@@ -32,8 +32,7 @@ Examples:
 
 PART_SIZE is a number of bytes, optionally followed by K, M or G (or KiB, MiB, GiB), all
 multiples of 1024: 262144, 256K, 4M, 1MiB. It must be from 16K to 64M. The default is a power of
-two from 64K to 16M that gives 2,049 to 4,096 parts (fewer under 128 MiB, more over 64 GiB):
-small parts travel through a swarm sooner.
+two from 256K to 16M that gives about 1,000 to 2,000 parts.
 
 A progress bar is drawn on a terminal for files of 64 MiB and more. Logs: RUST_LOG (default
 warn), or --log-file PATH.
