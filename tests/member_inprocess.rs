@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::{poll_until, sample_data, wait_for, wait_until, Behaviour, DelayLink, FakePeer};
 use torrentnchill::conductor::{self, Conductor, ConductorConfig};
+use torrentnchill::member::peer::reader::STALL_SUSPENSION;
 use torrentnchill::member::policy::{Ask, PartsView, PiecePolicy, RarestFirst};
 use torrentnchill::member::storage::MemoryStorageFactory;
 use torrentnchill::member::{Event, Member, MemberConfig, Phase};
@@ -195,6 +196,41 @@ fn a_stalled_peer_is_dropped_and_the_rest_comes_from_another() {
     let honest = FakePeer::start(&orch, Arc::clone(&data), Behaviour::Honest);
     announce(&orch, &honest);
     events_until_complete(&events);
+    assert_stored(&storage, &data);
+    member.quit(LIMIT);
+    conductor.shutdown();
+}
+
+/// A peer that held our requests is only suspended: it may be the one source there is, behind a
+/// link that stalled for a while (TCP backing off after losses).
+#[test]
+fn a_peer_that_stalled_is_dialed_again_after_its_suspension() {
+    let _alone = ONE_AT_A_TIME.lock();
+    let conductor = start_conductor();
+    let (orch, data) = swarm_file(40, conductor.local_addr(), 8);
+    let peer = FakePeer::start(&orch, Arc::clone(&data), Behaviour::StallsFirstConnection);
+    announce(&orch, &peer);
+    let storage = MemoryStorageFactory::empty();
+    let (member, events) = Member::start(orch.clone(), member_config(&storage), &|_| {}).unwrap();
+    let limit = STALL_SUSPENSION + LIMIT;
+    let deadline = Instant::now() + limit;
+    let mut dropped = None;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match events.recv_timeout(left) {
+            Ok(Event::PeerDropped { reason, .. }) => dropped = Some(reason),
+            Ok(Event::Complete) => break,
+            Ok(Event::Fatal { error }) => panic!("the member failed: {error}"),
+            Ok(_) => {}
+            Err(_) => panic!(
+                "not complete within {limit:?} from its only peer (dropped: {dropped:?}, {} connections)",
+                peer.connections()
+            ),
+        }
+    }
+    let reason = dropped.expect("the stalled connection was dropped");
+    assert!(reason.contains("sent no requested part"), "{reason}");
+    assert_eq!(peer.connections(), 2);
     assert_stored(&storage, &data);
     member.quit(LIMIT);
     conductor.shutdown();

@@ -47,6 +47,9 @@ pub enum Behaviour {
     /// unasked (no `PING`), like a peer whose keep-alive interval is longer than the member's
     /// timeout.
     RefuseFirstAsk,
+    /// On its first connection, like [`Behaviour::Stall`] but with `PING`s (a link that
+    /// stalled, not a dead one); on every later connection, honest.
+    StallsFirstConnection,
 }
 
 impl Behaviour {
@@ -178,7 +181,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
             return;
         }
         let Ok(stream) = stream else { continue };
-        shared.connections.fetch_add(1, Ordering::SeqCst);
+        let first = shared.connections.fetch_add(1, Ordering::SeqCst) == 0;
         let Ok(handle) = stream.try_clone() else {
             continue;
         };
@@ -187,7 +190,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
             .name(format!("fp{}-conn", shared.port))
             .spawn(move || {
                 // An error ends only this conversation: the member sees the connection close.
-                let _ = converse(&for_thread, &stream);
+                let _ = converse(&for_thread, &stream, first);
                 let _ = stream.shutdown(Shutdown::Both);
             });
         if let Ok(thread) = spawned {
@@ -215,7 +218,7 @@ impl Writer {
 }
 
 /// Plays the acceptor's side of one connection (docs/PROTOCOL.md, sections 4.1 to 4.5).
-fn converse(shared: &Shared, stream: &TcpStream) -> Result<(), WireError> {
+fn converse(shared: &Shared, stream: &TcpStream, first: bool) -> Result<(), WireError> {
     let orch = &shared.orch;
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(HANDSHAKE_LIMIT))?;
@@ -253,7 +256,7 @@ fn converse(shared: &Shared, stream: &TcpStream) -> Result<(), WireError> {
                 .name(format!("fp{}-ping", shared.port))
                 .spawn_scoped(scope, move || keep_alive(writer, &ended));
         }
-        let result = serve(shared, &mut reader, &writer);
+        let result = serve(shared, &mut reader, &writer, first);
         drop(conversing);
         result
     })
@@ -274,6 +277,7 @@ fn serve(
     shared: &Shared,
     reader: &mut LineReader<BufReader<TcpStream>>,
     writer: &Mutex<Writer>,
+    first_connection: bool,
 ) -> Result<(), WireError> {
     let orch = &shared.orch;
     let parts = orch.part_count();
@@ -296,6 +300,8 @@ fn serve(
         shared.requests.fetch_add(1, Ordering::SeqCst);
         let corrupt = match &shared.behaviour {
             Behaviour::Stall => continue,
+            Behaviour::StallsFirstConnection if first_connection => continue,
+            Behaviour::StallsFirstConnection => false,
             Behaviour::Honest => false,
             Behaviour::Corrupt(parts) => parts.contains(&index),
             Behaviour::RefuseFirstAsk => {
