@@ -76,13 +76,18 @@ fn member_config(storage: &MemoryStorageFactory) -> MemberConfig {
 
 /// The events up to `Complete` (or a failure, which fails the test).
 fn events_until_complete(events: &Receiver<Event>) -> Vec<Event> {
-    let deadline = Instant::now() + LIMIT;
+    events_until_complete_within(events, LIMIT)
+}
+
+/// [`events_until_complete`], for a fetch that may take `limit`.
+fn events_until_complete_within(events: &Receiver<Event>, limit: Duration) -> Vec<Event> {
+    let deadline = Instant::now() + limit;
     let mut seen = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let event = events
             .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("not complete within {LIMIT:?}; events: {seen:?}"));
+            .unwrap_or_else(|_| panic!("not complete within {limit:?}; events: {seen:?}"));
         if let Event::Fatal { error } = &event {
             panic!("the member failed: {error}");
         }
@@ -212,23 +217,14 @@ fn a_peer_that_stalled_is_dialed_again_after_its_suspension() {
     announce(&orch, &peer);
     let storage = MemoryStorageFactory::empty();
     let (member, events) = Member::start(orch.clone(), member_config(&storage), &|_| {}).unwrap();
-    let limit = STALL_SUSPENSION + LIMIT;
-    let deadline = Instant::now() + limit;
-    let mut dropped = None;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match events.recv_timeout(left) {
-            Ok(Event::PeerDropped { reason, .. }) => dropped = Some(reason),
-            Ok(Event::Complete) => break,
-            Ok(Event::Fatal { error }) => panic!("the member failed: {error}"),
-            Ok(_) => {}
-            Err(_) => panic!(
-                "not complete within {limit:?} from its only peer (dropped: {dropped:?}, {} connections)",
-                peer.connections()
-            ),
-        }
-    }
-    let reason = dropped.expect("the stalled connection was dropped");
+    let seen = events_until_complete_within(&events, STALL_SUSPENSION + LIMIT);
+    let reason = seen
+        .iter()
+        .find_map(|event| match event {
+            Event::PeerDropped { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .expect("the stalled connection was dropped");
     assert!(reason.contains("sent no requested part"), "{reason}");
     assert_eq!(peer.connections(), 2);
     assert_stored(&storage, &data);

@@ -382,7 +382,7 @@ impl<'a> Conversation<'a> {
         }
     }
 
-    /// Bans the peer for the rest of this run and returns the error that ends the connection.
+    /// The peer queued more requests than the protocol allows: banned.
     fn too_many_requests(&self) -> anyhow::Error {
         self.misbehaved(format!(
             "more than {} requests queued",
@@ -390,6 +390,7 @@ impl<'a> Conversation<'a> {
         ))
     }
 
+    /// Bans the peer for the rest of this run and returns the error that ends the connection.
     fn misbehaved(&self, why: String) -> anyhow::Error {
         self.shared
             .book
