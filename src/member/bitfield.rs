@@ -77,7 +77,19 @@ impl Bitfield {
     }
 
     pub fn ones(&self) -> impl Iterator<Item = u32> + '_ {
-        (0..self.len).filter(|&i| self.get(i))
+        ones_where(0, self.len, |w| self.word(w))
+    }
+
+    /// Parts `64 * w` to `64 * w + 63` as one word, the lowest index in the highest bit (the
+    /// map's own order), zero past the end: for set operations a word at a time.
+    pub fn word(&self, w: usize) -> u64 {
+        let start = w.saturating_mul(8);
+        let mut word = [0u8; 8];
+        if let Some(rest) = self.bytes.get(start..) {
+            let n = rest.len().min(8);
+            word[..n].copy_from_slice(&rest[..n]);
+        }
+        u64::from_be_bytes(word)
     }
 
     /// A map with every part set: what a seeder has.
@@ -88,6 +100,32 @@ impl Bitfield {
         });
         all
     }
+}
+
+/// The indices from `from` to `len - 1`, in order, whose bit is set in `word(w)`, a word made
+/// as [`Bitfield::word`] makes them (typically an expression over several maps' words): one
+/// test per 64 parts where no bit is set.
+pub fn ones_where(from: u32, len: u32, word: impl Fn(usize) -> u64) -> impl Iterator<Item = u32> {
+    let words = (len as usize).div_ceil(64);
+    let mut w = (from / 64) as usize;
+    let mut bits = match w < words {
+        true => word(w) & (u64::MAX >> (from % 64)),
+        false => 0,
+    };
+    std::iter::from_fn(move || loop {
+        if bits != 0 {
+            let offset = bits.leading_zeros();
+            bits &= !((1u64 << 63) >> offset);
+            // Bits past `len` (a negated map has them) end the iteration.
+            let index = u32::try_from(w as u64 * 64 + u64::from(offset)).ok()?;
+            return (index < len).then_some(index);
+        }
+        w += 1;
+        if w >= words {
+            return None;
+        }
+        bits = word(w);
+    })
 }
 
 #[cfg(test)]
@@ -102,5 +140,33 @@ mod tests {
         assert_eq!(Bitfield::full(9).count(), 9);
         assert!(Bitfield::full(9).is_full());
         assert!(!Bitfield::new(9).get(9));
+    }
+
+    #[test]
+    fn ones_where_walks_the_set_bits_of_a_word_expression_in_order() {
+        let len = 200;
+        let mut a = Bitfield::new(len);
+        let mut b = Bitfield::new(len);
+        for i in [0, 5, 63, 64, 70, 127, 128, 150, 199] {
+            a.set(i);
+        }
+        for i in [5, 64, 150] {
+            b.set(i);
+        }
+        let a_not_b: Vec<u32> = ones_where(0, len, |w| a.word(w) & !b.word(w)).collect();
+        assert_eq!(a_not_b, [0, 63, 70, 127, 128, 199]);
+        let from_64: Vec<u32> = ones_where(64, len, |w| a.word(w)).collect();
+        assert_eq!(from_64, [64, 70, 127, 128, 150, 199]);
+        let from_71: Vec<u32> = ones_where(71, len, |w| a.word(w)).collect();
+        assert_eq!(from_71, [127, 128, 150, 199]);
+        // A negated map has bits past the end: they are not parts.
+        let missing: Vec<u32> = ones_where(190, len, |w| !a.word(w)).collect();
+        assert_eq!(missing, (190..199).collect::<Vec<_>>());
+        assert_eq!(ones_where(len, len, |w| !a.word(w)).next(), None);
+        assert_eq!(ones_where(0, 0, |_| u64::MAX).next(), None);
+        assert_eq!(
+            a.ones().collect::<Vec<_>>(),
+            (0..len).filter(|&i| a.get(i)).collect::<Vec<_>>()
+        );
     }
 }

@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use super::bitfield::Bitfield;
+use super::bitfield::{ones_where, Bitfield};
 use super::policy::{Ask, PartsView, PiecePolicy};
 
 /// Which parts [`Picker::pick_outside`] may choose.
@@ -24,6 +24,10 @@ pub struct Picker {
     have: Bitfield,
     availability: Vec<u32>,
     in_flight: Vec<u8>,
+    /// The parts whose `in_flight` is above zero, and those whose `availability` is: kept with
+    /// the counts so that picks test 64 parts at a time (see [`PartsView`]).
+    requested: Bitfield,
+    available: Bitfield,
     /// Every part before this one is ours: picks start here.
     first_missing: u32,
     policy: Box<dyn PiecePolicy>,
@@ -39,6 +43,8 @@ impl Picker {
             .find(|&i| !have.get(i))
             .unwrap_or(have.len());
         Picker {
+            requested: Bitfield::new(have.len()),
+            available: Bitfield::new(have.len()),
             have,
             availability: vec![0; len],
             in_flight: vec![0; len],
@@ -66,13 +72,17 @@ impl Picker {
 
     /// Whether some connected peer has a part we lack: if not, only new peers can help.
     pub fn any_part_to_fetch(&self) -> bool {
-        (self.first_missing..self.have.len())
-            .any(|i| !self.have.get(i) && self.availability[i as usize] > 0)
+        ones_where(self.first_missing, self.have.len(), |w| {
+            self.available.word(w) & !self.have.word(w)
+        })
+        .next()
+        .is_some()
     }
 
     pub fn peer_has(&mut self, index: u32) {
         if let Some(a) = self.availability.get_mut(index as usize) {
-            *a += 1;
+            *a = a.saturating_add(1);
+            self.available.set(index);
         }
     }
 
@@ -80,6 +90,9 @@ impl Picker {
     pub fn peer_lost(&mut self, index: u32) {
         if let Some(a) = self.availability.get_mut(index as usize) {
             *a = a.saturating_sub(1);
+            if *a == 0 {
+                self.available.clear(index);
+            }
         }
     }
 
@@ -101,6 +114,8 @@ impl Picker {
             have: &self.have,
             availability: &self.availability,
             in_flight: &self.in_flight,
+            requested: &self.requested,
+            available: &self.available,
             first_missing: self.first_missing,
         };
         let ask = Ask {
@@ -113,7 +128,7 @@ impl Picker {
             log::error!("the piece policy chose part {index}, which may not be requested");
             return None;
         }
-        self.in_flight[index as usize] += 1;
+        self.count_request(index);
         Some(index)
     }
 
@@ -133,15 +148,19 @@ impl Picker {
         let (rank, members) = share;
         let mut best: Option<(bool, u32, u32)> = None; // (not ours, availability, index)
         let mut ties = 0u32;
-        for index in self.first_missing..self.have.len() {
+        let (have, requested, held) = (&self.have, &self.requested, &self.available);
+        let candidates = ones_where(self.first_missing, have.len(), |w| {
+            let missing = !have.word(w);
+            match which {
+                Outside::Unavailable => missing & !requested.word(w) & !held.word(w),
+                Outside::Unrequested => missing & !requested.word(w),
+                Outside::Duplicate => missing & requested.word(w),
+            }
+        });
+        for index in candidates {
             let i = index as usize;
             let (available, in_flight) = (self.availability[i], self.in_flight[i]);
-            let wanted = match which {
-                Outside::Unavailable => in_flight == 0 && available == 0,
-                Outside::Unrequested => in_flight == 0,
-                Outside::Duplicate => in_flight == 1 && !already_asked.contains(&index),
-            };
-            if self.have.get(index) || !wanted {
+            if which == Outside::Duplicate && (in_flight != 1 || already_asked.contains(&index)) {
                 continue;
             }
             let key = (index % members.max(1) != rank, available);
@@ -160,14 +179,24 @@ impl Picker {
             }
         }
         let (_, _, index) = best?;
-        self.in_flight[index as usize] += 1;
+        self.count_request(index);
         Some(index)
+    }
+
+    fn count_request(&mut self, index: u32) {
+        if let Some(f) = self.in_flight.get_mut(index as usize) {
+            *f = f.saturating_add(1);
+            self.requested.set(index);
+        }
     }
 
     /// A request is over without the part (rejected, failed, or the peer went away).
     pub fn release(&mut self, index: u32) {
         if let Some(f) = self.in_flight.get_mut(index as usize) {
             *f = f.saturating_sub(1);
+            if *f == 0 {
+                self.requested.clear(index);
+            }
         }
     }
 
@@ -188,7 +217,7 @@ impl Picker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::member::policy::{InOrder, RarestFirst};
+    use crate::member::policy::{InOrder, RarestFirst, ENDGAME_COPIES};
 
     fn rarest(have: Bitfield) -> Picker {
         Picker::new(have, Box::new(RarestFirst))
@@ -324,6 +353,105 @@ mod tests {
         let duplicate = picker.pick_outside(Outside::Duplicate, (0, 1), &mine);
         assert_eq!(duplicate, Some(asked));
         assert_eq!(picker.pick_outside(Outside::Duplicate, (0, 1), &mine), None);
+    }
+
+    /// The word-at-a-time picks choose what a walk over every part would: the lowest (requests
+    /// out, peers that have it) among the parts this peer may be asked for, within the window
+    /// when one there has that key, else the first; nothing while an endgame copy would be
+    /// sent before some part nobody is asked for.
+    #[test]
+    fn picks_match_a_walk_over_every_part() {
+        fastrand::seed(14);
+        for round in 0..300 {
+            let len = fastrand::u32(1..300);
+            let mut have = Bitfield::new(len);
+            for i in 0..len {
+                if fastrand::u8(0..4) == 0 {
+                    have.set(i);
+                }
+            }
+            let mut picker = rarest(have.clone());
+            let mut theirs = Bitfield::new(len);
+            for i in 0..len {
+                if fastrand::bool() {
+                    theirs.set(i);
+                }
+                for _ in 0..fastrand::u32(0..3) {
+                    picker.peer_has(i);
+                }
+                if theirs.get(i) {
+                    picker.peer_has(i);
+                }
+            }
+            // Requests out: some by this peer, some by others, some released again.
+            let mut asked = Vec::new();
+            for _ in 0..fastrand::u32(0..len + 1) {
+                let i = fastrand::u32(0..len);
+                if !have.get(i) && picker.in_flight[i as usize] < ENDGAME_COPIES {
+                    picker.count_request(i);
+                    match fastrand::u8(0..3) {
+                        0 if !asked.contains(&i) => asked.push(i),
+                        1 => picker.release(i),
+                        _ => {}
+                    }
+                }
+            }
+            let window = fastrand::u32(1..50);
+            let parts = PartsView {
+                have: &picker.have,
+                availability: &picker.availability,
+                in_flight: &picker.in_flight,
+                requested: &picker.requested,
+                available: &picker.available,
+                first_missing: picker.first_missing,
+            };
+            let allowed: Vec<u32> = (0..len)
+                .filter(|&i| parts.may_request(i, &theirs, &asked))
+                .collect();
+            let key = |i: u32| (parts.in_flight[i as usize], parts.availability[i as usize]);
+            let waits = (0..len).any(|i| {
+                !have.get(i)
+                    && parts.in_flight[i as usize] == 0
+                    && parts.availability[i as usize] > 0
+            });
+            let best = allowed.iter().map(|&i| key(i)).min();
+            let expected = match best {
+                Some((f, _)) if f > 0 && waits => None,
+                other => other,
+            };
+            let ask = Ask {
+                their_have: &theirs,
+                already_asked: &asked,
+                window,
+            };
+            let picked = RarestFirst.pick(&parts, &ask);
+            assert_eq!(picked.map(key), expected, "round {round}");
+            if let (Some(index), Some(wanted)) = (picked, expected) {
+                let window_end = parts.first_missing + window;
+                let first = allowed.iter().copied().find(|&i| key(i) == wanted);
+                let in_window = allowed.iter().any(|&i| key(i) == wanted && i < window_end);
+                assert!(
+                    if in_window {
+                        index < window_end
+                    } else {
+                        Some(index) == first
+                    },
+                    "round {round}: {index}"
+                );
+            }
+            let in_order = InOrder.pick(&parts, &ask);
+            let first_free = allowed.iter().copied().find(|&i| key(i).0 == 0);
+            let in_order_expected = match first_free {
+                Some(i) => Some(i),
+                None if waits => None,
+                None => allowed.first().copied(),
+            };
+            assert_eq!(in_order, in_order_expected, "round {round}");
+            assert_eq!(
+                picker.any_part_to_fetch(),
+                (0..len).any(|i| !have.get(i) && picker.availability[i as usize] > 0)
+            );
+        }
     }
 
     /// A policy that breaks the rules is refused, not obeyed.

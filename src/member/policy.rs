@@ -5,21 +5,30 @@
 //! The connection code never knows which policy runs, so another order (in file order, for a
 //! consumer that streams the file, or a test's fixed order) is one type away.
 
-use super::bitfield::Bitfield;
+use super::bitfield::{ones_where, Bitfield};
 
-/// Most missing parts one pick looks at. Rarest-first over millions of tiny parts would make
+/// Most candidate parts one pick looks at. Rarest-first over millions of tiny parts would make
 /// every pick scan them all; past this many, the rarest among those seen is good enough.
-const MAX_CANDIDATES: u32 = 16_384;
+const MAX_CANDIDATES: usize = 16_384;
 /// How many requests for one part may be out at once in the endgame.
 pub const ENDGAME_COPIES: u8 = 2;
 
 /// What a policy sees of the member's parts.
+///
+/// Besides the counts, two sets mirror them (`requested`: a request is out; `available`: a
+/// connected peer has it), so that the candidate parts are found a 64-part word at a time: a
+/// member asks for the next part after every part it receives and every `HAVE` it hears, and a
+/// walk over every missing part at each of those cost as much CPU as hashing the data.
 pub struct PartsView<'a> {
     pub have: &'a Bitfield,
     /// How many connected peers have each part.
     pub availability: &'a [u32],
     /// How many requests for each part are out.
     pub in_flight: &'a [u8],
+    /// The parts with a request out (`in_flight` above zero).
+    pub requested: &'a Bitfield,
+    /// The parts some connected peer has (`availability` above zero).
+    pub available: &'a Bitfield,
     /// Every part before this one is ours.
     pub first_missing: u32,
 }
@@ -27,10 +36,26 @@ pub struct PartsView<'a> {
 impl PartsView<'_> {
     /// True when some part we lack is held by a connected peer and requested from nobody.
     pub fn some_part_waits(&self) -> bool {
-        (self.first_missing..self.have.len()).any(|i| {
-            !self.have.get(i)
-                && self.in_flight[i as usize] == 0
-                && self.availability[i as usize] > 0
+        ones_where(self.first_missing, self.have.len(), |w| {
+            self.available.word(w) & !self.have.word(w) & !self.requested.word(w)
+        })
+        .next()
+        .is_some()
+    }
+
+    /// The parts we lack that a peer with `their_have` has and nobody is asked for, in file
+    /// order.
+    pub fn unrequested<'b>(&'b self, their_have: &'b Bitfield) -> impl Iterator<Item = u32> + 'b {
+        ones_where(self.first_missing, self.have.len(), move |w| {
+            their_have.word(w) & !self.have.word(w) & !self.requested.word(w)
+        })
+    }
+
+    /// The parts we lack that a peer with `their_have` has and some peer is asked for, in file
+    /// order: the endgame's candidates.
+    pub fn requested<'b>(&'b self, their_have: &'b Bitfield) -> impl Iterator<Item = u32> + 'b {
+        ones_where(self.first_missing, self.have.len(), move |w| {
+            their_have.word(w) & !self.have.word(w) & self.requested.word(w)
         })
     }
 
@@ -84,51 +109,60 @@ pub struct RarestFirst;
 
 impl PiecePolicy for RarestFirst {
     fn pick(&mut self, parts: &PartsView, ask: &Ask) -> Option<u32> {
-        let mut best: Option<(u8, u32, u32)> = None; // (in_flight, availability, index)
-        let mut ties = 0u32;
-        let mut window_end: Option<u32> = None;
-        let mut examined = 0u32;
-        for index in parts.first_missing..parts.have.len() {
-            if parts.have.get(index) {
-                continue;
-            }
-            examined += 1;
-            if examined > MAX_CANDIDATES && best.is_some() {
-                break;
-            }
-            // The window starts at the first part we lack, whoever has it.
-            let window_end = *window_end.get_or_insert(index.saturating_add(ask.window.max(1)));
-            if !parts.may_request(index, ask.their_have, ask.already_asked) {
-                continue;
-            }
-            let i = index as usize;
-            let key = (parts.in_flight[i], parts.availability[i]);
-            match best {
-                Some((f, a, _)) if key > (f, a) => {}
-                Some((f, a, _)) if key == (f, a) => {
-                    if index < window_end {
-                        ties += 1;
-                        if fastrand::u32(0..ties) == 0 {
-                            best = Some((key.0, key.1, index));
-                        }
-                    }
-                }
-                _ => {
-                    best = Some((key.0, key.1, index));
-                    ties = 1;
-                }
-            }
+        // The window starts at the first part we lack, whoever has it.
+        let window_end = parts.first_missing.saturating_add(ask.window.max(1));
+        if let Some(index) = rarest(parts.unrequested(ask.their_have), parts, window_end) {
+            return Some(index);
         }
-        // Lowest (in flight, availability) wins, so a part already out is only chosen when every
-        // missing part this peer has is out somewhere. A second request is the endgame, and
-        // only worth its cost once every missing part anyone has is out: before that, a slot
-        // left empty is better than bytes sent twice.
-        let (in_flight, _, index) = best?;
-        if in_flight > 0 && parts.some_part_waits() {
+        // Every missing part this peer has is out somewhere. A second request is the endgame,
+        // and only worth its cost once every missing part anyone has is out: before that, a
+        // slot left empty is better than bytes sent twice.
+        if parts.some_part_waits() {
             return None;
         }
-        Some(index)
+        let allowed = parts
+            .requested(ask.their_have)
+            .filter(|&index| parts.may_request(index, ask.their_have, ask.already_asked));
+        rarest(allowed, parts, window_end)
     }
+}
+
+/// The candidate fewest peers have; among those, a random one before `window_end`, or else the
+/// first.
+fn rarest(
+    candidates: impl Iterator<Item = u32>,
+    parts: &PartsView,
+    window_end: u32,
+) -> Option<u32> {
+    let mut best: Option<(u32, u32)> = None; // (availability, index)
+    let mut ties = 0u32;
+    for (examined, index) in candidates.enumerate() {
+        let Some(&available) = parts.availability.get(index as usize) else {
+            break;
+        };
+        // A candidate is held by its peer at least: past the window nothing beats one only
+        // that peer has, and past the limit the best so far is good enough.
+        let unbeatable = index >= window_end && best.is_some_and(|(a, _)| a <= 1);
+        if unbeatable || (examined >= MAX_CANDIDATES && best.is_some()) {
+            break;
+        }
+        match best {
+            Some((a, _)) if available > a => {}
+            Some((a, _)) if available == a => {
+                if index < window_end {
+                    ties += 1;
+                    if fastrand::u32(0..ties) == 0 {
+                        best = Some((available, index));
+                    }
+                }
+            }
+            _ => {
+                best = Some((available, index));
+                ties = 1;
+            }
+        }
+    }
+    best.map(|(_, index)| index)
 }
 
 /// The first part the peer can give us, in file order; the endgame as in [`RarestFirst`]. For
@@ -137,15 +171,14 @@ pub struct InOrder;
 
 impl PiecePolicy for InOrder {
     fn pick(&mut self, parts: &PartsView, ask: &Ask) -> Option<u32> {
-        let allowed = |index: u32| parts.may_request(index, ask.their_have, ask.already_asked);
-        let mut candidates = (parts.first_missing..parts.have.len()).filter(|&i| allowed(i));
-        let first_free = candidates
-            .clone()
-            .find(|&i| parts.in_flight[i as usize] == 0);
-        match first_free {
-            Some(index) => Some(index),
-            None if parts.some_part_waits() => None,
-            None => candidates.next(),
+        if let Some(index) = parts.unrequested(ask.their_have).next() {
+            return Some(index);
         }
+        if parts.some_part_waits() {
+            return None;
+        }
+        parts
+            .requested(ask.their_have)
+            .find(|&index| parts.may_request(index, ask.their_have, ask.already_asked))
     }
 }
