@@ -5,6 +5,9 @@ affects both alike. Prints each run, the medians and the ratio A/B.
 
     scripts/ab_transfer.py --a target/release --b /tmp/base/target/release --size 1G --runs 3
     scripts/ab_transfer.py --a target/release --private --size 1G --runs 3
+    scripts/ab_transfer.py --a target/release --b /tmp/base --size 128M --part-size 64K --members 7
+
+Besides the time, it reports the members' CPU seconds and context switches (from wait4).
 
 With --private, A is a private swarm (composer --private: its key file beside the .orch, every
 link encrypted) and B the public swarm of the same file, both run with --a's binaries.
@@ -69,10 +72,25 @@ def run_once(bins, work, orch_text, members, limit, key_text=None):
             [os.path.join(bins, "member"), orch, "--dir", d, "--exit-when-done", "--json"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for d in dirs]
         procs.extend(fetchers)
-        for f in fetchers:
-            if f.wait(timeout=limit) != 0:
-                raise SystemExit(f"a member failed with exit code {f.returncode}")
-        return time.monotonic() - start
+        cpu, switches = 0.0, 0
+        deadline = start + limit
+        waiting = {f.pid: f for f in fetchers}
+        while waiting:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"members still running after {limit} s")
+            pid, status, usage = os.wait4(-1, os.WNOHANG)
+            if pid == 0:
+                time.sleep(0.01)
+                continue
+            fetcher = waiting.pop(pid, None)
+            if fetcher is None:
+                continue
+            fetcher.returncode = os.waitstatus_to_exitcode(status)
+            if fetcher.returncode != 0:
+                raise SystemExit(f"a member failed with exit code {fetcher.returncode}")
+            cpu += usage.ru_utime + usage.ru_stime
+            switches += usage.ru_nvcsw + usage.ru_nivcsw
+        return time.monotonic() - start, cpu, switches
     finally:
         for p in procs:
             if p.poll() is None:
@@ -93,6 +111,7 @@ def main():
     ap.add_argument("--size", default="1G")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--members", type=int, default=1)
+    ap.add_argument("--part-size", help="the composer's part size, e.g. 64K (default: its own)")
     ap.add_argument("--timeout", type=int, default=600)
     args = ap.parse_args()
     if args.private:
@@ -109,29 +128,40 @@ def main():
                 chunk = os.urandom(min(left, 8 << 20))
                 out.write(chunk)
                 left -= len(chunk)
-        subprocess.run([os.path.join(args.b, "composer"), data, "127.0.0.1:1", "-o",
-                        os.path.join(work, "f.bin.orch"), "-q"], check=True)
+        part_size = [args.part_size] if args.part_size else []
+        subprocess.run([os.path.join(args.b, "composer"), data, "127.0.0.1:1"] + part_size +
+                       ["-o", os.path.join(work, "f.bin.orch"), "-q"], check=True)
         orch_text = open(os.path.join(work, "f.bin.orch")).read()
         key_text = None
         if args.private:
             os.makedirs(os.path.join(work, "private"))
             private_orch = os.path.join(work, "private", "f.bin.orch")
-            subprocess.run([os.path.join(args.a, "composer"), data, "127.0.0.1:1", "-o",
-                            private_orch, "-q", "--private"], check=True)
+            subprocess.run([os.path.join(args.a, "composer"), data, "127.0.0.1:1"] + part_size +
+                           ["-o", private_orch, "-q", "--private"], check=True)
             key_text = open(private_orch + ".key").read()
         times = {"A": [], "B": []}
+        cpus = {"A": [], "B": []}
+        switches = {"A": [], "B": []}
         for run in range(args.runs):
             for name, bins in (("A", args.a), ("B", args.b)):
                 key = key_text if name == "A" else None
-                t = run_once(bins, work, orch_text, args.members, args.timeout, key)
+                t, cpu, cs = run_once(bins, work, orch_text, args.members, args.timeout, key)
                 times[name].append(t)
-                print(f"run {run + 1} {name}: {t:.3f} s", flush=True)
+                cpus[name].append(cpu)
+                switches[name].append(cs)
+                print(f"run {run + 1} {name}: {t:.3f} s, members' CPU {cpu:.2f} s, "
+                      f"{cs} context switches", flush=True)
         a, b = statistics.median(times["A"]), statistics.median(times["B"])
         ratios = [x / y for x, y in zip(times["A"], times["B"])]
         print(json.dumps({"size": args.size, "members": args.members, "runs": args.runs,
                           "private_a": args.private,
                           "median_a": round(a, 3), "median_b": round(b, 3),
                           "ratio_median": round(statistics.median(ratios), 3),
+                          "part_size": args.part_size,
+                          "cpu_median_a": round(statistics.median(cpus["A"]), 3),
+                          "cpu_median_b": round(statistics.median(cpus["B"]), 3),
+                          "switches_median_a": statistics.median(switches["A"]),
+                          "switches_median_b": statistics.median(switches["B"]),
                           "a": [round(t, 3) for t in times["A"]],
                           "b": [round(t, 3) for t in times["B"]]}))
     finally:
