@@ -232,6 +232,40 @@ fn a_peer_that_stalled_is_dialed_again_after_its_suspension() {
     conductor.shutdown();
 }
 
+/// A part is announced only to peers that lack it; once complete, the member tells the others
+/// of the parts it did not announce, so that each sees it complete.
+#[test]
+fn parts_are_announced_to_the_peers_that_lack_them_and_completion_to_all() {
+    let _alone = ONE_AT_A_TIME.lock();
+    let conductor = start_conductor();
+    let (orch, data) = swarm_file(24, conductor.local_addr(), 9);
+    let seeder = FakePeer::start(&orch, Arc::clone(&data), Behaviour::Honest);
+    let holds: BTreeSet<u32> = (0..orch.part_count()).filter(|i| i % 2 == 0).collect();
+    let half = FakePeer::start_holding(&orch, Arc::clone(&data), Behaviour::Honest, holds.clone());
+    announce(&orch, &seeder);
+    announce(&orch, &half);
+    let storage = MemoryStorageFactory::empty();
+    let (member, events) = Member::start(orch.clone(), member_config(&storage), &|_| {}).unwrap();
+    events_until_complete_within(&events, LIMIT);
+    assert_stored(&storage, &data);
+    let every_part: BTreeSet<u32> = (0..orch.part_count()).collect();
+    wait_until(LIMIT, "the half peer to hear of every part", || {
+        half.haves().into_iter().collect::<BTreeSet<u32>>() == every_part
+    });
+    assert_eq!(
+        seeder.haves(),
+        Vec::<u32>::new(),
+        "the seeder has every part"
+    );
+    let haves = half.haves();
+    for index in &holds {
+        let told = haves.iter().filter(|&h| h == index).count();
+        assert_eq!(told, 1, "part {index}, which it had, told once, at the end");
+    }
+    member.quit(LIMIT);
+    conductor.shutdown();
+}
+
 /// The names of the threads a member starts (see `Shared::spawn`).
 const MEMBER_THREADS: [&str; 8] = [
     "listener",

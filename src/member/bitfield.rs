@@ -3,6 +3,8 @@
 //! The same bytes go on the wire as a `HAVEMAP` (part 0 in the high bit of byte 0), so a map
 //! received from a peer is taken only after checking its size and its spare bits.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 /// A set of part indices, as sent in a `HAVEMAP` (part 0 in the high bit of byte 0).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Bitfield {
@@ -102,6 +104,52 @@ impl Bitfield {
     }
 }
 
+/// A set of part indices that one thread adds to and others read without a lock: what a peer
+/// has told us it has, for the threads that announce our parts.
+pub struct SharedBitfield {
+    words: Vec<AtomicU64>,
+    len: u32,
+}
+
+impl SharedBitfield {
+    pub fn new(len: u32) -> SharedBitfield {
+        SharedBitfield {
+            words: (0..(len as usize).div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            len,
+        }
+    }
+
+    fn place(&self, index: u32) -> Option<(&AtomicU64, u64)> {
+        let word = self.words.get((index / 64) as usize)?;
+        (index < self.len).then_some((word, 1u64 << (index % 64)))
+    }
+
+    pub fn set(&self, index: u32) {
+        if let Some((word, bit)) = self.place(index) {
+            word.fetch_or(bit, Ordering::Relaxed);
+        }
+    }
+
+    pub fn get(&self, index: u32) -> bool {
+        self.place(index)
+            .is_some_and(|(word, bit)| word.load(Ordering::Relaxed) & bit != 0)
+    }
+
+    /// Adds every part of `parts`.
+    pub fn set_all(&self, parts: &Bitfield) {
+        for index in parts.ones() {
+            self.set(index);
+        }
+    }
+
+    /// The parts in the set now, in order.
+    pub fn ones(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.len).filter(|&index| self.get(index))
+    }
+}
+
 /// The indices from `from` to `len - 1`, in order, whose bit is set in `word(w)`, a word made
 /// as [`Bitfield::word`] makes them (typically an expression over several maps' words): one
 /// test per 64 parts where no bit is set.
@@ -140,6 +188,19 @@ mod tests {
         assert_eq!(Bitfield::full(9).count(), 9);
         assert!(Bitfield::full(9).is_full());
         assert!(!Bitfield::new(9).get(9));
+    }
+
+    #[test]
+    fn a_shared_set_holds_what_was_added() {
+        let set = SharedBitfield::new(130);
+        let mut map = Bitfield::new(130);
+        map.set(0);
+        map.set(129);
+        set.set_all(&map);
+        set.set(64);
+        set.set(130); // past the end: ignored
+        assert!(set.get(0) && set.get(64) && set.get(129) && !set.get(1) && !set.get(130));
+        assert_eq!(set.ones().collect::<Vec<_>>(), [0, 64, 129]);
     }
 
     #[test]

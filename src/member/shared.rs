@@ -420,12 +420,15 @@ impl Shared {
         }
     }
 
-    /// Once we are complete, connections to peers that are complete too carry nothing.
+    /// Once we are complete, connections to peers that are complete too carry nothing; the
+    /// others learn that we are complete.
     fn drop_complete_peers(&self) {
         let links: Vec<Arc<PeerLink>> = self.peers.lock().values().cloned().collect();
         for link in links {
             if link.peer_is_complete() {
                 link.close(self);
+            } else {
+                link.announce_complete();
             }
         }
     }

@@ -75,6 +75,10 @@ struct Shared {
     stop: AtomicBool,
     connections: AtomicUsize,
     requests: AtomicUsize,
+    /// The parts it says it has: all of them unless started with [`FakePeer::start_holding`].
+    holds: Option<BTreeSet<u32>>,
+    /// Every `HAVE` the member sent it, in order.
+    haves: Mutex<Vec<u32>>,
     bytes_sent: AtomicU64,
     /// Each accepted connection (to shut it down) and the thread conversing on it.
     conversations: Mutex<Vec<(TcpStream, JoinHandle<()>)>>,
@@ -83,6 +87,26 @@ struct Shared {
 impl FakePeer {
     /// Listens on 127.0.0.1:0 for members of `orch`'s swarm; `data` is the whole file.
     pub fn start(orch: &Orchestra, data: Arc<Vec<u8>>, behaviour: Behaviour) -> FakePeer {
+        FakePeer::start_with(orch, data, behaviour, None)
+    }
+
+    /// Like [`FakePeer::start`], but its have-map lists only the parts in `holds` (and it is
+    /// asked for nothing else).
+    pub fn start_holding(
+        orch: &Orchestra,
+        data: Arc<Vec<u8>>,
+        behaviour: Behaviour,
+        holds: BTreeSet<u32>,
+    ) -> FakePeer {
+        FakePeer::start_with(orch, data, behaviour, Some(holds))
+    }
+
+    fn start_with(
+        orch: &Orchestra,
+        data: Arc<Vec<u8>>,
+        behaviour: Behaviour,
+        holds: Option<BTreeSet<u32>>,
+    ) -> FakePeer {
         assert_eq!(
             data.len() as u64,
             orch.file_size,
@@ -99,6 +123,8 @@ impl FakePeer {
             stop: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
             requests: AtomicUsize::new(0),
+            holds,
+            haves: Mutex::new(Vec::new()),
             bytes_sent: AtomicU64::new(0),
             conversations: Mutex::new(Vec::new()),
         });
@@ -134,6 +160,11 @@ impl FakePeer {
         self.shared.connections.load(Ordering::SeqCst)
     }
 
+    /// The `HAVE`s the member sent so far, in order.
+    pub fn haves(&self) -> Vec<u32> {
+        self.shared.haves.lock().clone()
+    }
+
     /// `REQUEST`s received so far, answered or not.
     pub fn requests(&self) -> usize {
         self.shared.requests.load(Ordering::SeqCst)
@@ -162,6 +193,15 @@ impl Drop for FakePeer {
 pub fn have_map_of_all(parts: u32) -> Vec<u8> {
     let mut map = vec![0u8; have_map_len(parts)];
     for i in 0..parts {
+        map[(i / 8) as usize] |= 0x80 >> (i % 8);
+    }
+    map
+}
+
+/// The have-map of a peer with the parts in `holds`.
+pub fn have_map_of(parts: u32, holds: &BTreeSet<u32>) -> Vec<u8> {
+    let mut map = vec![0u8; have_map_len(parts)];
+    for &i in holds.iter().filter(|&&i| i < parts) {
         map[(i / 8) as usize] |= 0x80 >> (i % 8);
     }
     map
@@ -240,7 +280,10 @@ fn converse(shared: &Shared, stream: &TcpStream, first: bool) -> Result<(), Wire
         peer_id: shared.peer_id,
         listen_port: shared.port,
     };
-    let map = have_map_of_all(orch.part_count());
+    let map = match &shared.holds {
+        None => have_map_of_all(orch.part_count()),
+        Some(holds) => have_map_of(orch.part_count(), holds),
+    };
     let map_header = PeerMessage::HaveMap { bytes: map.len() }.to_line();
     writer
         .lock()
@@ -295,6 +338,10 @@ fn serve(
                 continue;
             }
             PeerMessage::Request(index) => index,
+            PeerMessage::Have(index) => {
+                shared.haves.lock().push(index);
+                continue;
+            }
             _ => continue,
         };
         shared.requests.fetch_add(1, Ordering::SeqCst);

@@ -28,7 +28,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 
-use super::bitfield::Bitfield;
+use super::bitfield::{Bitfield, SharedBitfield};
 use super::requests::Requests;
 use super::shared::{OnPanic, Shared};
 use super::{Event, FailureKind};
@@ -69,6 +69,10 @@ pub struct PeerLink {
     /// again when we next say something, up to a ping interval later, and the last member of a
     /// swarm could wait that long for its last part.
     held_back: Mutex<Bitfield>,
+    /// The parts the peer has told us it has (its have-map and `HAVE`s): we do not announce
+    /// those to it, since it will never ask for them, until we are complete (see
+    /// [`PeerLink::announce_complete`]).
+    their_parts: SharedBitfield,
 }
 
 impl PeerLink {
@@ -103,6 +107,15 @@ impl PeerLink {
 
     fn send(&self, message: PeerMessage) {
         self.outbox.push(Outgoing::Line(message));
+    }
+
+    /// Our file is complete: tells the peer of the parts we did not announce to it because it
+    /// had them, so that it sees we have every part (and closes our connection once it is
+    /// complete too).
+    pub fn announce_complete(&self) {
+        for index in self.their_parts.ones() {
+            self.send(PeerMessage::Have(index));
+        }
     }
 }
 
@@ -173,6 +186,7 @@ pub fn serve(
         bytes_out: AtomicU64::new(0),
         connected_at: Instant::now(),
         held_back: Mutex::new(Bitfield::new(shared.orch.part_count())),
+        their_parts: SharedBitfield::new(shared.orch.part_count()),
     });
     let mut registered = Registered::new(shared, &link)?;
     if let Some(listen_addr) = listen_addr {
@@ -360,8 +374,10 @@ pub fn store_part(
     Ok((buffer, new))
 }
 
-/// Tells every peer about a part we just stored, and cancels the endgame duplicates of it
-/// (on every connection but the one it came from).
+/// Tells every peer that lacks a part we just stored about it, and cancels the endgame
+/// duplicates of it (on every connection but the one it came from). A peer that has the part
+/// never asks for it: a `HAVE` would only cost a packet and a wake-up at each end, and with
+/// many members those were most of the messages.
 fn announce_part(shared: &Shared, index: u32, from: Option<&PeerLink>) {
     let peers: Vec<Arc<PeerLink>> = shared.peers.lock().values().cloned().collect();
     for link in peers {
@@ -369,6 +385,8 @@ fn announce_part(shared: &Shared, index: u32, from: Option<&PeerLink>) {
         if !source && link.requests.lock().cancel(index) {
             link.send(PeerMessage::Cancel(index));
         }
-        link.send(PeerMessage::Have(index));
+        if !link.their_parts.get(index) {
+            link.send(PeerMessage::Have(index));
+        }
     }
 }

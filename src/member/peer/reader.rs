@@ -161,12 +161,14 @@ impl<'a> Conversation<'a> {
                 self.their_have =
                     Bitfield::from_bytes(map, parts).map_err(|e| self.misbehaved(e))?;
                 self.got_have_map = true;
+                self.link.their_parts.set_all(&self.their_have);
                 let mut picker = self.shared.picker.lock();
                 for index in self.their_have.ones() {
                     picker.peer_has(index);
                 }
             }
             PeerMessage::Have(index) => {
+                self.link.their_parts.set(index);
                 if self.their_have.set(index) {
                     self.shared.picker.lock().peer_has(index);
                 }
