@@ -558,8 +558,8 @@ class Bench:
     def member(self, net, host, orch, logdir, extra):
         d = os.path.join(logdir, f"h{host}")
         os.makedirs(d, exist_ok=True)
-        argv = [self.bins["member"], orch, "--dir", d, "--listen", "0.0.0.0:0", "--json",
-                "--exit-when-done"] + extra
+        argv = [self.bins["member"], orch, "--dir", d, "--listen", "0.0.0.0:0", "--json"] + (
+            [] if self.args.members_stay else ["--exit-when-done"]) + extra
         if self.args.upload_cap:
             # Each member sends at most this fraction of its own emulated uplink (issue 14).
             up = net.links[host][0] * self.args.upload_cap
@@ -733,7 +733,7 @@ http {{
                 if args.ss_at:
                     threading.Thread(target=self._ss_snapshot, daemon=True,
                                      args=(net, logdir, t0 + args.ss_at)).start()
-                self._wait(procs, limit)
+                self._wait(procs, limit, procs if args.members_stay else ())
                 sampler.stop()
                 seeder.stop()
                 cond.stop()
@@ -917,9 +917,16 @@ http {{
                 seeder.signal(signal.SIGTERM)
         return on_sample
 
-    def _wait(self, procs, limit):
+    def _wait(self, procs, limit, members=()):
         deadline = time.monotonic() + limit
+        stopping = False
         while any(p.alive() for _, p in procs):
+            # --members-stay: members keep sharing until every one of them is complete.
+            if members and not stopping and all(p.first("complete")[0] is not None
+                                                for _, p in members):
+                for _, p in members:
+                    p.signal(signal.SIGTERM)
+                stopping = True
             if time.monotonic() > deadline:
                 for _, p in procs:
                     p.signal(signal.SIGKILL)
@@ -1209,6 +1216,9 @@ def main():
                     "(default: target/release, built with cargo if missing)")
     ap.add_argument("--interval", default="30s", help="conductor --interval (default 30s)")
     ap.add_argument("--part-size", help="composer PART_SIZE (default: composer's choice)")
+    ap.add_argument("--members-stay", action="store_true",
+                    help="members run without --exit-when-done and keep sharing until every "
+                    "member is complete, then the testbed stops them (SIGTERM)")
     ap.add_argument("--member-arg", action="append", default=[],
                     help="extra member argument, e.g. --member-arg=--pipeline=8 (repeatable)")
     ap.add_argument("--upload-cap", type=float, default=0, metavar="FRACTION",
