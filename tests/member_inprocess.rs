@@ -458,7 +458,19 @@ impl SpreadingSeeder {
         // No ping during the test: every line the seeder sends is one it had a reason to send.
         config.peer_timeout = Duration::from_secs(60);
         let (seeder, _events) = Member::start(orch.clone(), config, &|_| {}).unwrap();
+        let (reader, out) = SpreadingSeeder::connect(&seeder, &orch);
+        let session = SpreadingSeeder {
+            seeder,
+            orch,
+            reader,
+            out,
+        };
+        (session, conductor)
+    }
 
+    /// A raw connection to `seeder` that has said HELLO and an empty have-map, and read the
+    /// seeder's have-map.
+    fn connect(seeder: &Member, orch: &Orchestra) -> (LineReader<BufReader<TcpStream>>, TcpStream) {
         let stream = TcpStream::connect(seeder.local_addr()).unwrap();
         stream.set_read_timeout(Some(LIMIT)).unwrap();
         let mut out = stream.try_clone().unwrap();
@@ -470,25 +482,18 @@ impl SpreadingSeeder {
         out.write_all(hello.to_line().as_bytes()).unwrap();
         let mut reader = LineReader::new(BufReader::new(stream));
         Hello::parse(reader.read_line().unwrap()).unwrap();
-        let mut session = SpreadingSeeder {
-            seeder,
-            orch,
-            reader,
-            out,
-        };
-        match session.message() {
-            PeerMessage::HaveMap { bytes } => {
-                session.reader.read_payload(&mut vec![0; bytes]).unwrap()
-            }
+        let line = reader.read_line().unwrap().to_string();
+        match PeerMessage::parse(&line, orch.part_count(), |i| orch.part_len(i)).unwrap() {
+            PeerMessage::HaveMap { bytes } => reader.read_payload(&mut vec![0; bytes]).unwrap(),
             other => panic!("expected the seeder's have-map first, got {other:?}"),
         }
-        let empty_map = vec![0u8; have_map_len(parts)];
+        let empty_map = vec![0u8; have_map_len(orch.part_count())];
         let header = PeerMessage::HaveMap {
             bytes: empty_map.len(),
         };
-        session.out.write_all(header.to_line().as_bytes()).unwrap();
-        session.out.write_all(&empty_map).unwrap();
-        (session, conductor)
+        out.write_all(header.to_line().as_bytes()).unwrap();
+        out.write_all(&empty_map).unwrap();
+        (reader, out)
     }
 
     fn message(&mut self) -> PeerMessage {
@@ -577,6 +582,57 @@ fn a_part_asked_again_after_a_refusal_is_served_while_spreading() {
         }
     }
     assert!(rejects >= 1, "the second copy was first held back");
+    session.seeder.quit(LIMIT);
+}
+
+/// At the end of the seeder's first round, when every part is on its way to someone, a
+/// connection with nothing to send gets a second copy at once: holding its asker back would
+/// leave that share of the seeder's uplink idle until the last first copies are through (in
+/// the testbed's scenario 2 the seeder's rate fell from 50 to 10-40 Mbit/s for two seconds).
+#[test]
+fn an_idle_connection_gets_a_second_copy_once_every_part_is_on_its_way() {
+    let _one = ONE_AT_A_TIME.lock();
+    let parts = 1000u32;
+    let (mut session, _conductor) = SpreadingSeeder::start(parts);
+    session.request(0);
+    match session.message() {
+        PeerMessage::Piece { index: 0, len } => {
+            session.reader.read_payload(&mut vec![0; len]).unwrap()
+        }
+        other => panic!("expected part 0, got {other:?}"),
+    }
+    // Another member asks for every other part and reads nothing: 16 MiB, more than the
+    // sockets hold, so the last of those first copies stay queued at the seeder.
+    let (_stalled_reader, mut stalled) = SpreadingSeeder::connect(&session.seeder, &session.orch);
+    let rest: String = (1..parts)
+        .map(|index| PeerMessage::Request(index).to_line())
+        .collect();
+    stalled.write_all(rest.as_bytes()).unwrap();
+    // Part 1, the first the other member asked for, has gone out to it: a copy for us is a
+    // second one.
+    let two_parts = (session.orch.part_len(0) + session.orch.part_len(1)) as u64;
+    wait_until(LIMIT, "part 1 sent to the other member", || {
+        session.seeder.status().bytes_up >= two_parts
+    });
+    let mut refused = 0;
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "part 1 refused {refused} times in {LIMIT:?}"
+        );
+        session.request(1);
+        match session.message() {
+            PeerMessage::Piece { index: 1, len } => {
+                session.reader.read_payload(&mut vec![0; len]).unwrap();
+                break;
+            }
+            // Asked before the seeder had taken all the other member's requests: ask again.
+            PeerMessage::Reject(1) => refused += 1,
+            PeerMessage::Pex(_) | PeerMessage::Ping => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
     session.seeder.quit(LIMIT);
 }
 

@@ -8,9 +8,12 @@
 //! the asker picks another part and gets this one from the member that already has it. Once
 //! every part has gone out once, it serves everything; before that, a peer that asks again for
 //! a part it was refused is served if the uplink has nothing else to send (it found no other
-//! source, and a second copy then delays nobody). A part counts from the moment it is
-//! queued; one cancelled or lost with its connection is withdrawn, so a part that never reached
-//! anyone is not held back. Each connection sends the queued part with the fewest copies out
+//! source, and a second copy then delays nobody), and at the end of the first round, once every
+//! part is queued somewhere, a connection with nothing to send is served at once (the last
+//! first copies are under way elsewhere, and holding its asker back would leave that
+//! connection's share of the uplink idle until they are through). A part counts from the
+//! moment it is queued; one cancelled or lost with its connection is withdrawn, so a part that
+//! never reached anyone is not held back. Each connection sends the queued part with the fewest copies out
 //! first. Members that finish later serve freely: they are not the only source of anything.
 
 use crate::sync::Mutex;
@@ -59,6 +62,12 @@ impl Spread {
         }
         counts.served[index as usize] = served.saturating_add(1);
         true
+    }
+
+    /// Every part is queued or sent at least once: the first copies still out are under way on
+    /// some connection, and nothing is left that only a first copy could carry.
+    pub fn every_part_served(&self) -> bool {
+        self.counts.lock().never_served == 0
     }
 
     /// A copy of `index` went out whole. True for the call after which every part has gone out
