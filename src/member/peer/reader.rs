@@ -210,11 +210,11 @@ impl<'a> Conversation<'a> {
             // (see `Spread::admit`). While the uplink is busy, as when it is the swarm's
             // bottleneck, the part stays held back. (Not under our `held_back` lock: the peer
             // table is taken first everywhere.)
-            let insist = self.link.held_back.lock().get(index) && self.shared.uploads_idle()
+            let insist = (self.link.held_back.lock().get(index) && self.shared.uploads_idle())
                 // The end of the first round: the last first copies are under way on other
                 // connections, and this one has nothing to send. Holding its asker back would
                 // leave that share of the uplink idle for the rest of the round.
-                || self.shared.spread.every_part_served() && self.link.uploads_idle();
+                || (self.shared.spread.every_part_served() && self.link.uploads_idle());
             let admitted = self.shared.spread.admit(index, insist);
             let mut held = self.link.held_back.lock();
             if admitted {
