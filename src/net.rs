@@ -188,6 +188,30 @@ pub fn connect(
 /// Keeps at most `bytes` queued unsent in the kernel (`TCP_NOTSENT_LOWAT`), so that a short
 /// message written after bulk data leaves soon, not after megabytes of queued bytes on a slow
 /// uplink. Best effort: without it everything still works, with more latency.
+/// Caps the socket's sending rate in the kernel (`SO_MAX_PACING_RATE`: TCP's own pacing).
+#[cfg(target_os = "linux")]
+pub fn pace(stream: &TcpStream, bytes_per_second: u64) {
+    use std::os::fd::AsRawFd;
+    let rate = bytes_per_second.max(1);
+    // SAFETY: setsockopt reads the u64 on this stack frame, of the size given, on a socket the
+    // caller keeps open for the call. Neither rustix nor socket2 wraps SO_MAX_PACING_RATE.
+    let failed = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MAX_PACING_RATE,
+            (&rate as *const u64).cast(),
+            std::mem::size_of::<u64>() as libc::socklen_t,
+        )
+    } != 0;
+    if failed {
+        log::debug!("cannot pace: {}", io::Error::last_os_error());
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn pace(_stream: &TcpStream, _bytes_per_second: u64) {}
+
 pub fn limit_unsent(stream: &TcpStream, bytes: u32) {
     if let Err(e) = socket2::SockRef::from(stream).set_tcp_notsent_lowat(bytes) {
         log::debug!("cannot limit unsent bytes: {e}");

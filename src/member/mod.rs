@@ -16,6 +16,7 @@
 
 pub mod bitfield;
 pub mod check;
+pub mod fair_share;
 pub mod fullhash;
 pub mod origin;
 pub mod peer;

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::fair_share::FairShare;
 use super::fullhash::FullHasher;
 use super::peer::PeerLink;
 use super::picker::Picker;
@@ -75,6 +76,8 @@ pub struct Shared {
     pub book: Book,
     pub full_hash: FullHasher,
     pub spread: Spread,
+    /// A spreading seeder's uplink shared evenly among its connections ([`FairShare`]).
+    pub fair_share: FairShare,
     pub counters: Counters,
     /// `--max-upload-rate` and `--max-download-rate`, shared by every connection.
     pub upload_cap: Option<TokenBucket>,
@@ -138,6 +141,7 @@ impl Shared {
             book: Book::default(),
             full_hash: FullHasher::default(),
             spread: Spread::new(parts.orch.part_count()),
+            fair_share: FairShare::default(),
             counters: Counters::default(),
             upload_cap: parts.config.max_upload_rate.map(TokenBucket::new),
             download_cap: parts.config.max_download_rate.map(TokenBucket::new),

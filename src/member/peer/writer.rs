@@ -8,7 +8,7 @@
 
 use std::io::Write;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
@@ -57,10 +57,20 @@ pub fn write_loop(shared: &Shared, link: &PeerLink, mut out: PeerOut) -> Result<
                     continue;
                 };
                 let len = span.len;
+                // Only a seeder that spreads: it is the one source of what it has not sent.
+                let even = shared.origin && shared.is_seeding();
+                if even {
+                    let rate = shared.fair_share.begin(Instant::now());
+                    crate::net::pace(&link.stream, rate.unwrap_or(u64::MAX));
+                }
                 let sent = out
                     .write_all(PeerMessage::Piece { index, len }.to_line().as_bytes())
                     .and_then(|()| send_part(shared, &mut out, span))
                     .map_err(|e| anyhow::anyhow!("sending part {index}: {e}"));
+                if even {
+                    let bytes = if sent.is_ok() { len as u64 } else { 0 };
+                    shared.fair_share.end(bytes, Instant::now());
+                }
                 link.outbox.upload_done();
                 shared.note_uploads_changed();
                 if let Err(e) = sent {
