@@ -15,6 +15,7 @@ use anyhow::Result;
 use super::link::PeerOut;
 use super::outbox::{Next, Outgoing};
 use super::PeerLink;
+use crate::member::fair_share::SendRate;
 use crate::member::shared::Shared;
 use crate::member::throttle::CHUNK;
 use crate::orch::Span;
@@ -28,6 +29,8 @@ pub fn write_loop(shared: &Shared, link: &PeerLink, mut out: PeerOut) -> Result<
     // Our peers' timeouts may be shorter than ours: a peer that drops us for a silence it
     // takes for a hang loses what it knew of us and dials again.
     let ping_every = (shared.config.peer_timeout / 3).min(MAX_PING_INTERVAL);
+    // What this connection has been sending, for a spreading seeder's even shares.
+    let mut own_rate = SendRate::default();
     loop {
         let item = match link
             .outbox
@@ -60,7 +63,8 @@ pub fn write_loop(shared: &Shared, link: &PeerLink, mut out: PeerOut) -> Result<
                 // Only a seeder that spreads: it is the one source of what it has not sent.
                 let even = shared.origin && shared.is_seeding();
                 if even {
-                    let rate = shared.fair_share.begin(Instant::now());
+                    let now = Instant::now();
+                    let rate = shared.fair_share.begin(own_rate.rate(now), now);
                     crate::net::pace(&link.stream, rate.unwrap_or(u64::MAX));
                 }
                 let sent = out
@@ -69,7 +73,9 @@ pub fn write_loop(shared: &Shared, link: &PeerLink, mut out: PeerOut) -> Result<
                     .map_err(|e| anyhow::anyhow!("sending part {index}: {e}"));
                 if even {
                     let bytes = if sent.is_ok() { len as u64 } else { 0 };
-                    shared.fair_share.end(bytes, Instant::now());
+                    let now = Instant::now();
+                    shared.fair_share.end(bytes, now);
+                    own_rate.note(bytes, now);
                 }
                 link.outbox.upload_done();
                 shared.note_uploads_changed();
