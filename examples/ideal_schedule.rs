@@ -126,27 +126,6 @@ fn run() -> Result<(), String> {
     }
 }
 
-/// Caps the stream's sending rate in the kernel (TCP's own pacing, which this option turns on).
-fn pace(stream: &TcpStream, bytes_per_second: u64) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let rate = bytes_per_second.max(1);
-    // SAFETY: setsockopt reads the u64 on this stack frame, of the size given; the socket is
-    // open for the call.
-    let failed = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_MAX_PACING_RATE,
-            (&rate as *const u64).cast(),
-            std::mem::size_of::<u64>() as libc::socklen_t,
-        )
-    } != 0;
-    if failed {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 fn dial(ip: IpAddr, port: u16, tag: u8, rate: u64) -> io::Result<TcpStream> {
     let addr = SocketAddr::new(ip, port);
     let started = Instant::now();
@@ -154,7 +133,7 @@ fn dial(ip: IpAddr, port: u16, tag: u8, rate: u64) -> io::Result<TcpStream> {
         match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
             Ok(mut stream) => {
                 stream.set_nodelay(true)?;
-                pace(&stream, rate)?;
+                torrentnchill::net::pace(&stream, rate)?;
                 stream.write_all(&[tag])?;
                 return Ok(stream);
             }

@@ -185,12 +185,10 @@ pub fn connect(
     Ok(socket.into())
 }
 
-/// Keeps at most `bytes` queued unsent in the kernel (`TCP_NOTSENT_LOWAT`), so that a short
-/// message written after bulk data leaves soon, not after megabytes of queued bytes on a slow
-/// uplink. Best effort: without it everything still works, with more latency.
-/// Caps the socket's sending rate in the kernel (`SO_MAX_PACING_RATE`: TCP's own pacing).
+/// Caps the socket's sending rate in the kernel (`SO_MAX_PACING_RATE`, TCP's own pacing, which
+/// this option turns on); `u64::MAX` lifts the cap.
 #[cfg(target_os = "linux")]
-pub fn pace(stream: &TcpStream, bytes_per_second: u64) {
+pub fn pace(stream: &TcpStream, bytes_per_second: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let rate = bytes_per_second.max(1);
     // SAFETY: setsockopt reads the u64 on this stack frame, of the size given, on a socket the
@@ -205,13 +203,19 @@ pub fn pace(stream: &TcpStream, bytes_per_second: u64) {
         )
     } != 0;
     if failed {
-        log::debug!("cannot pace: {}", io::Error::last_os_error());
+        return Err(io::Error::last_os_error());
     }
+    Ok(())
 }
 
 #[cfg(not(target_os = "linux"))]
-pub fn pace(_stream: &TcpStream, _bytes_per_second: u64) {}
+pub fn pace(_stream: &TcpStream, _bytes_per_second: u64) -> io::Result<()> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
 
+/// Keeps at most `bytes` queued unsent in the kernel (`TCP_NOTSENT_LOWAT`), so that a short
+/// message written after bulk data leaves soon, not after megabytes of queued bytes on a slow
+/// uplink. Best effort: without it everything still works, with more latency.
 pub fn limit_unsent(stream: &TcpStream, bytes: u32) {
     if let Err(e) = socket2::SockRef::from(stream).set_tcp_notsent_lowat(bytes) {
         log::debug!("cannot limit unsent bytes: {e}");

@@ -31,6 +31,7 @@ pub fn write_loop(shared: &Shared, link: &PeerLink, mut out: PeerOut) -> Result<
     let ping_every = (shared.config.peer_timeout / 3).min(MAX_PING_INTERVAL);
     // What this connection has been sending, for a spreading seeder's even shares.
     let mut own_rate = SendRate::default();
+    let mut paced = false;
     loop {
         let item = match link
             .outbox
@@ -64,8 +65,15 @@ pub fn write_loop(shared: &Shared, link: &PeerLink, mut out: PeerOut) -> Result<
                 let even = shared.origin && shared.is_seeding();
                 if even {
                     let now = Instant::now();
-                    let rate = shared.fair_share.begin(own_rate.rate(now), now);
-                    crate::net::pace(&link.stream, rate.unwrap_or(u64::MAX));
+                    let pace = shared.fair_share.begin(own_rate.rate(now), now);
+                    // A socket left unpaced needs no call for each part.
+                    if pace.is_some() || paced {
+                        paced = pace.is_some();
+                        let rate = pace.unwrap_or(u64::MAX);
+                        if let Err(e) = crate::net::pace(&link.stream, rate) {
+                            log::debug!("peer {}: cannot pace: {e}", link.addr);
+                        }
+                    }
                 }
                 let sent = out
                     .write_all(PeerMessage::Piece { index, len }.to_line().as_bytes())
