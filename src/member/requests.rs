@@ -5,8 +5,8 @@
 //! whichever thread completes a part, which cancels the endgame duplicate asked of another peer.
 //!
 //! How many requests to keep out follows the peer: enough bytes to cover its measured rate for
-//! twice the measured round trip, so that the link never waits for a request, whatever its
-//! latency. A peer that is not yet measured gets the floor (about 2 MiB, what the member always
+//! twice the measured round trip plus the threads' wake-ups at both ends, so that the link never
+//! waits for a request, whatever its latency. A peer that is not yet measured gets the floor (about 2 MiB, what the member always
 //! kept before); one that is link-limited ends at about twice its bandwidth-delay product; one
 //! that is window-limited grows: its rate follows what is in flight, so the target doubles each
 //! time the rate is measured again, like TCP's slow start.
@@ -24,6 +24,12 @@ const MAX_FLOOR_DEPTH: u64 = 64;
 /// How much more than rate × round trip to keep out: room for the rate to grow and for the
 /// jitter of a real link.
 const HEADROOM: f64 = 2.0;
+/// Time beyond the round trip that requests in flight must also cover: the wake-ups of the
+/// threads at both ends between a part's arrival and the peer sending the next one. On a busy
+/// host these take milliseconds, longer than a fast local link's round trip; 2 MiB in flight
+/// left a loopback transfer waiting for requests a fifth of the time. A link-limited peer
+/// (100 Mbit/s: 250 KB in 20 ms) keeps the floor.
+const WAKE_UP_SLACK: Duration = Duration::from_millis(20);
 /// Most bytes in flight to one peer. Requests cost us nothing while out (the peer holds the
 /// data); this bounds what one slow peer can hold of ours in the endgame. The protocol bounds
 /// the count too: at most [`queued_uploads_allowed`] requests may wait at the peer.
@@ -169,7 +175,7 @@ impl Pipeline {
         let (Some(rtt), Some(rate)) = (self.min_rtt, self.rate(now)) else {
             return floor as usize;
         };
-        let target = HEADROOM * rate * rtt.as_secs_f64();
+        let target = rate * (HEADROOM * rtt.as_secs_f64() + WAKE_UP_SLACK.as_secs_f64());
         let parts = (target / self.part_size as f64).ceil();
         // `as` saturates: a huge rate only meets the cap.
         (parts as u64).clamp(floor, self.cap() as u64) as usize
@@ -241,17 +247,18 @@ mod tests {
     }
 
     #[test]
-    fn depth_covers_twice_the_bandwidth_delay_product_within_the_cap() {
+    fn depth_covers_twice_the_bandwidth_delay_product_and_the_wake_ups_within_the_cap() {
         let part = 256usize << 10;
         let start = Instant::now();
-        // 100 MB/s with a 50 ms round trip: 5 MB in flight on the link, 10 MB kept out.
+        // 100 MB/s with a 50 ms round trip: 5 MB in flight on the link, 10 MB kept out, and
+        // 2 MB more for the wake-ups at both ends.
         let mut pipeline = Pipeline::new(None, part as u64, start);
         pipeline.note_round_trip(Duration::from_millis(80));
         pipeline.note_round_trip(Duration::from_millis(50));
         let now = feed(&mut pipeline, start, part, 100e6, 2.0);
         assert_eq!(pipeline.round_trip(), Some(Duration::from_millis(50)));
         let depth = pipeline.depth(now);
-        let expected = (2.0 * 100e6 * 0.05 / part as f64).ceil() as usize;
+        let expected = (100e6 * (2.0 * 0.05 + 0.02) / part as f64).ceil() as usize;
         assert!(depth.abs_diff(expected) <= 2, "{depth} vs {expected}");
         assert!(depth > 16, "more than the old fixed window");
         // A faster link or a longer trip meets the cap: 64 requests, the protocol's bound.
@@ -261,11 +268,22 @@ mod tests {
         let later = feed(&mut far, now, part, 1e9, 2.0);
         assert_eq!(far.depth(later), 64);
         assert_eq!(far.cap(), 64);
-        // Zero latency: the floor.
+        // Zero latency: a 100 Mbit/s link keeps the floor (20 ms of it is under one part)...
         let mut lan = Pipeline::new(None, part as u64, later);
         lan.note_round_trip(Duration::from_micros(100));
-        let later = feed(&mut lan, later, part, 300e6, 1.0);
+        let later = feed(&mut lan, later, part, 12.5e6, 1.0);
         assert_eq!(lan.depth(later), 8);
+        // ... and a fast local one 20 ms of its rate: 6 MB, where 2 MB used to be kept.
+        let mut local = Pipeline::new(None, part as u64, later);
+        local.note_round_trip(Duration::from_micros(100));
+        let later = feed(&mut local, later, part, 300e6, 1.0);
+        let expected = (300e6 * (2.0 * 100e-6 + 0.02) / part as f64).ceil() as usize;
+        assert!(
+            local.depth(later).abs_diff(expected) <= 2,
+            "{}",
+            local.depth(later)
+        );
+        assert!(local.depth(later) > 16);
     }
 
     /// With a window-limited peer (the rate is what is in flight over the round trip), the
