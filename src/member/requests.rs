@@ -6,10 +6,10 @@
 //!
 //! How many requests to keep out follows the peer: enough bytes to cover its measured rate for
 //! twice the measured round trip plus the threads' wake-ups at both ends, so that the link never
-//! waits for a request, whatever its latency. A peer that is not yet measured gets the floor (about 2 MiB, what the member always
-//! kept before); one that is link-limited ends at about twice its bandwidth-delay product; one
-//! that is window-limited grows: its rate follows what is in flight, so the target doubles each
-//! time the rate is measured again, like TCP's slow start.
+//! waits for a request, whatever its latency. A peer that is not yet measured gets the floor
+//! (about 2 MiB, what the member always kept before); one that is link-limited ends at about
+//! twice its bandwidth-delay product; one that is window-limited grows: its rate follows what is
+//! in flight, so the target doubles each time the rate is measured again, like TCP's slow start.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
