@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Times a loopback transfer (1 seeder -> N members, from the members' start to their verified
+"""Times a loopback transfer (S seeders -> N members, from the members' start to their verified
 exit) with two builds of torrentnchill, run in turn (A B A B ...) so that a drifting machine
 affects both alike. Prints each run, the medians and the ratio A/B.
 
@@ -41,7 +41,11 @@ def wait_line(proc, want, limit):
     raise SystemExit(f"no {want!r} within {limit} s")
 
 
-def run_once(bins, work, orch_text, members, limit, key_text=None):
+def seed_dir(work, i):
+    return os.path.join(work, "seed" if i == 0 else f"seed{i}")
+
+
+def run_once(bins, work, orch_text, members, seeders, limit, key_text=None):
     conductor = subprocess.Popen(
         [os.path.join(bins, "conductor"), "--listen", "127.0.0.1:0"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -57,11 +61,12 @@ def run_once(bins, work, orch_text, members, limit, key_text=None):
         if key_text is not None:
             with os.fdopen(os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
                 out.write(key_text)
-        seeder = subprocess.Popen(
-            [os.path.join(bins, "member"), orch, "--dir", os.path.join(work, "seed"), "--json"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        procs.append(seeder)
-        wait_line(seeder, '"complete"', limit)
+        seeders = [subprocess.Popen(
+            [os.path.join(bins, "member"), orch, "--dir", seed_dir(work, i), "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for i in range(seeders)]
+        procs.extend(seeders)
+        for seeder in seeders:
+            wait_line(seeder, '"complete"', limit)
         dirs = []
         for i in range(members):
             d = os.path.join(work, f"m{i}")
@@ -111,6 +116,8 @@ def main():
     ap.add_argument("--size", default="1G")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--members", type=int, default=1)
+    ap.add_argument("--seeders", type=int, default=1,
+                    help="seeders, each with a hard link to the file (default 1)")
     ap.add_argument("--part-size", help="the composer's part size, e.g. 64K (default: its own)")
     ap.add_argument("--timeout", type=int, default=600)
     args = ap.parse_args()
@@ -128,6 +135,9 @@ def main():
                 chunk = os.urandom(min(left, 8 << 20))
                 out.write(chunk)
                 left -= len(chunk)
+        for i in range(1, args.seeders):
+            os.makedirs(seed_dir(work, i))
+            os.link(data, os.path.join(seed_dir(work, i), "f.bin"))
         part_size = [args.part_size] if args.part_size else []
         subprocess.run([os.path.join(args.b, "composer"), data, "127.0.0.1:1"] + part_size +
                        ["-o", os.path.join(work, "f.bin.orch"), "-q"], check=True)
@@ -145,7 +155,8 @@ def main():
         for run in range(args.runs):
             for name, bins in (("A", args.a), ("B", args.b)):
                 key = key_text if name == "A" else None
-                t, cpu, cs = run_once(bins, work, orch_text, args.members, args.timeout, key)
+                t, cpu, cs = run_once(bins, work, orch_text, args.members, args.seeders,
+                                      args.timeout, key)
                 times[name].append(t)
                 cpus[name].append(cpu)
                 switches[name].append(cs)
@@ -153,7 +164,8 @@ def main():
                       f"{cs} context switches", flush=True)
         a, b = statistics.median(times["A"]), statistics.median(times["B"])
         ratios = [x / y for x, y in zip(times["A"], times["B"])]
-        print(json.dumps({"size": args.size, "members": args.members, "runs": args.runs,
+        print(json.dumps({"size": args.size, "members": args.members, "seeders": args.seeders,
+                          "runs": args.runs,
                           "private_a": args.private,
                           "median_a": round(a, 3), "median_b": round(b, 3),
                           "ratio_median": round(statistics.median(ratios), 3),
