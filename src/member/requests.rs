@@ -26,8 +26,8 @@ const MAX_FLOOR_DEPTH: u64 = 64;
 const HEADROOM: f64 = 2.0;
 /// Time beyond the round trip that requests in flight must also cover: the wake-ups of the
 /// threads at both ends between a part's arrival and the peer sending the next one. On a busy
-/// host these take milliseconds, longer than a fast local link's round trip; 2 MiB in flight
-/// left a loopback transfer waiting for requests a fifth of the time. A link-limited peer
+/// host these take milliseconds, longer than a fast local link's round trip: with 2 MiB in
+/// flight a loopback transfer left both cores idle a fifth of the time. A link-limited peer
 /// (100 Mbit/s: 250 KB in 20 ms) keeps the floor.
 const WAKE_UP_SLACK: Duration = Duration::from_millis(20);
 /// Most bytes in flight to one peer. Requests cost us nothing while out (the peer holds the
