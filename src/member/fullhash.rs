@@ -4,11 +4,11 @@
 //! SHA-256 can only take the file in order, while parts arrive in any order. A thread follows
 //! the contiguous run of verified parts from the start of the file: peer threads hand it the
 //! buffers of parts just verified (no copy, still hot in cache) when they are near the front,
-//! and it reads back from the file (from the page cache, usually) the parts it was not handed. The picker keeps requests
-//! near file order but picks at random within a window that grows with the requests in flight,
-//! so on a fast link most parts arrive further ahead than the hasher holds and are read back
-//! (827-895 of 1,024 over loopback): one copy each, which costs less than the memory to hold
-//! them (see `MAX_PENDING_BYTES`).
+//! and it reads back from the file (from the page cache, usually) the parts it was not handed.
+//! The picker keeps requests near file order but picks at random within a window that grows
+//! with the requests in flight, so on a fast link most parts arrive further ahead than the
+//! hasher holds and are read back (827-895 of 1,024 over loopback): one copy each, which costs
+//! less than the memory to hold them (see `MAX_PENDING_BYTES`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
