@@ -51,8 +51,9 @@ pub struct FullHasher {
 }
 
 impl FullHasher {
-    /// A part was verified and stored (call before marking it as ours). Takes `buffer` when the hasher will want it soon, and
-    /// returns a buffer for the caller's next part (its own back, or a spare).
+    /// A part was verified and stored (call before marking it as ours). Takes `buffer` when the
+    /// hasher will want it soon, and returns a buffer for the caller's next part (its own back,
+    /// or a spare).
     pub fn part_done(&self, index: u32, buffer: Vec<u8>) -> Vec<u8> {
         let mut state = self.state.lock();
         state.generation += 1;

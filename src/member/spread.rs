@@ -13,8 +13,9 @@
 //! first copies are under way elsewhere, and holding its asker back would leave that
 //! connection's share of the uplink idle until they are through). A part counts from the
 //! moment it is queued; one cancelled or lost with its connection is withdrawn, so a part that
-//! never reached anyone is not held back. Each connection sends the queued part with the fewest copies out
-//! first. Members that finish later serve freely: they are not the only source of anything.
+//! never reached anyone is not held back. Each connection sends the queued part with the fewest
+//! copies out first. Members that finish later serve freely: they are not the only source of
+//! anything.
 
 use crate::sync::Mutex;
 

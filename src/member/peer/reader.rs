@@ -3,8 +3,9 @@
 //! hands every part it receives to the connection's [`Verifier`], which checks it against the
 //! `.orch` before storing it.
 //!
-//! Every read has a deadline ([`crate::net::DeadlineStream`]): each line must come within the peer timeout,
-//! each part within the peer timeout per MiB, so a peer trickling bytes cannot hold our requests.
+//! Every read has a deadline ([`crate::net::DeadlineStream`]): each line must come within the
+//! peer timeout, each part within the peer timeout per MiB, so a peer trickling bytes cannot
+//! hold our requests.
 
 use std::io::BufReader;
 use std::net::SocketAddr;
