@@ -11,10 +11,10 @@
 //! long round trip) grow as fast as TCP lets them, and a slower connection's unused share goes
 //! to the others.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use super::rate::ByteRate;
 use crate::sync::Mutex;
 
 /// How much more than an even share one connection may send, once paced.
@@ -26,50 +26,39 @@ const PACED_ABOVE: f64 = 1.1;
 /// Rates are measured over this span.
 const WINDOW: Duration = Duration::from_secs(1);
 
-/// Bytes sent over the last [`WINDOW`].
-#[derive(Debug, Default)]
-pub struct SendRate {
-    /// (when, bytes sent so far), oldest first, spanning the window.
-    sent: VecDeque<(Instant, u64)>,
+/// What one connection has sent, for [`FairShare::begin`].
+pub fn connection_rate() -> ByteRate {
+    ByteRate::new(WINDOW)
 }
 
-impl SendRate {
-    pub fn note(&mut self, bytes: u64, now: Instant) {
-        let total = self
-            .sent
-            .back()
-            .map_or(0, |&(_, t)| t)
-            .saturating_add(bytes);
-        self.sent.push_back((now, total));
-        while self.sent.len() > 2 && now.saturating_duration_since(self.sent[1].0) > WINDOW {
-            self.sent.pop_front();
-        }
-    }
-
-    /// Bytes per second over the window; `None` until it spans half of one.
-    pub fn rate(&self, now: Instant) -> Option<f64> {
-        let (first, last) = (self.sent.front()?, self.sent.back()?);
-        let span = now.saturating_duration_since(first.0);
-        (span >= WINDOW / 2).then(|| (last.1 - first.1) as f64 / span.as_secs_f64())
-    }
+fn rate(sent: &ByteRate, now: Instant) -> Option<f64> {
+    sent.rate(WINDOW, WINDOW / 2, now)
 }
 
-#[derive(Default)]
 pub struct FairShare {
     sending: AtomicUsize,
-    sent: Mutex<SendRate>,
+    sent: Mutex<ByteRate>,
+}
+
+impl Default for FairShare {
+    fn default() -> FairShare {
+        FairShare {
+            sending: AtomicUsize::new(0),
+            sent: Mutex::new(ByteRate::new(WINDOW)),
+        }
+    }
 }
 
 impl FairShare {
-    /// A connection that has been sending at `own` bytes per second (its [`SendRate`]) starts
-    /// a part; returns the rate to pace it at, `None` for no cap. Call [`FairShare::end`] after.
-    pub fn begin(&self, own: Option<f64>, now: Instant) -> Option<u64> {
+    /// A connection that has sent `own` (its [`connection_rate`]) starts a part; returns the
+    /// rate to pace it at, `None` for no cap. Call [`FairShare::end`] after.
+    pub fn begin(&self, own: &ByteRate, now: Instant) -> Option<u64> {
         let sending = self.sending.fetch_add(1, Ordering::AcqRel) + 1;
         if sending < 2 {
             return None;
         }
-        let even = self.sent.lock().rate(now)? / sending as f64;
-        (own? > PACED_ABOVE * even).then_some((HEADROOM * even) as u64)
+        let even = rate(&self.sent.lock(), now)? / sending as f64;
+        (rate(own, now)? > PACED_ABOVE * even).then_some((HEADROOM * even) as u64)
     }
 
     /// The part is sent (or failed): `bytes` went out.
@@ -83,43 +72,50 @@ impl FairShare {
 mod tests {
     use super::*;
 
+    /// A connection that has sent `bytes_per_second` over the second before `now`.
+    fn sent_at(bytes_per_second: f64, now: Instant) -> ByteRate {
+        let mut sent = connection_rate();
+        sent.note(0, now - WINDOW);
+        sent.note(bytes_per_second as u64, now);
+        sent
+    }
+
     #[test]
     fn only_a_connection_above_its_share_is_paced_and_at_that_share() {
         let share = FairShare::default();
-        let start = Instant::now();
-        assert_eq!(share.begin(Some(1e9), start), None, "one connection");
+        // Later than any sample `sent_at` puts a second before it.
+        let start = Instant::now() + WINDOW;
+        let unmeasured = connection_rate();
+        assert_eq!(
+            share.begin(&sent_at(1e9, start), start),
+            None,
+            "one connection"
+        );
         // 10 MB/s for a second, in parts of 100 kB.
         for i in 1..=100 {
             share.end(100_000, start + Duration::from_millis(10 * i));
             if i < 100 {
-                share.begin(None, start);
+                share.begin(&unmeasured, start);
             }
         }
         let now = start + Duration::from_secs(1);
-        assert_eq!(share.begin(Some(9e6), now), None, "still one at a time");
+        assert_eq!(
+            share.begin(&sent_at(9e6, now), now),
+            None,
+            "still one at a time"
+        );
         // Two sending: an even share is 5 MB/s; paced above 5.5, at 6.25.
-        assert_eq!(share.begin(Some(5.4e6), now), None, "within its share");
+        assert_eq!(
+            share.begin(&sent_at(5.4e6, now), now),
+            None,
+            "within its share"
+        );
         share.end(0, now);
-        let pace = share.begin(Some(6e6), now).expect("above its share: paced");
+        let pace = share
+            .begin(&sent_at(6e6, now), now)
+            .expect("above its share: paced");
         let expected = 10e6 * HEADROOM / 2.0;
         assert!((pace as f64 - expected).abs() / expected < 0.05, "{pace}");
-        assert_eq!(share.begin(None, now), None, "not measured yet");
-    }
-
-    #[test]
-    fn the_rate_is_measured_over_the_last_second() {
-        let start = Instant::now();
-        let mut rate = SendRate::default();
-        assert_eq!(rate.rate(start), None);
-        for i in 1..=300 {
-            rate.note(
-                if i <= 100 { 200_000 } else { 50_000 },
-                start + Duration::from_millis(10 * i),
-            );
-        }
-        let now = start + Duration::from_secs(3);
-        let r = rate.rate(now).unwrap();
-        assert!((r - 5e6).abs() / 5e6 < 0.05, "{r}");
-        assert!(rate.sent.len() < 110, "the window is bounded");
+        assert_eq!(share.begin(&unmeasured, now), None, "not measured yet");
     }
 }

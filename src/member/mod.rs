@@ -23,6 +23,7 @@ pub mod peer;
 pub mod picker;
 pub mod policy;
 pub mod progress;
+pub mod rate;
 pub mod report;
 pub mod requests;
 pub mod session;

@@ -11,10 +11,10 @@
 //! twice its bandwidth-delay product; one that is window-limited grows: its rate follows what is
 //! in flight, so the target doubles each time the rate is measured again, like TCP's slow start.
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::peer::queued_uploads_allowed;
+use super::rate::ByteRate;
 
 /// Bytes of requests kept in flight per peer before its rate and round trip are known.
 const FLOOR_BYTES: u64 = 2 << 20;
@@ -100,19 +100,20 @@ pub struct Pipeline {
     /// The shortest time from a request to its part's first byte: the round trip plus the
     /// peer's least time to start serving.
     min_rtt: Option<Duration>,
-    /// (when, bytes received from this peer so far), oldest first, spanning the rate window.
-    received: VecDeque<(Instant, u64)>,
-    total: u64,
+    /// Bytes received from this peer, from the connection's start.
+    received: ByteRate,
 }
 
 impl Pipeline {
     pub fn new(fixed: Option<usize>, part_size: u64, now: Instant) -> Pipeline {
+        // The rate counts from the connection's start, not from its first part.
+        let mut received = ByteRate::new(MAX_RATE_WINDOW);
+        received.note(0, now);
         Pipeline {
             fixed,
             part_size: part_size.max(1),
             min_rtt: None,
-            received: VecDeque::from([(now, 0)]),
-            total: 0,
+            received,
         }
     }
 
@@ -123,13 +124,7 @@ impl Pipeline {
 
     /// `bytes` of part data came from this peer.
     pub fn note_received(&mut self, bytes: usize, now: Instant) {
-        self.total = self.total.saturating_add(bytes as u64);
-        self.received.push_back((now, self.total));
-        while self.received.len() > 2
-            && now.saturating_duration_since(self.received[1].0) > MAX_RATE_WINDOW
-        {
-            self.received.pop_front();
-        }
+        self.received.note(bytes as u64, now);
     }
 
     pub fn round_trip(&self) -> Option<Duration> {
@@ -142,16 +137,7 @@ impl Pipeline {
             .min_rtt
             .map_or(MIN_RATE_WINDOW, |rtt| rtt * 2)
             .clamp(MIN_RATE_WINDOW, MAX_RATE_WINDOW);
-        let since = now.checked_sub(window)?;
-        // The newest sample at or before the window's start, else the oldest one there is.
-        let start = self
-            .received
-            .iter()
-            .rev()
-            .find(|(when, _)| *when <= since)
-            .or_else(|| self.received.front())?;
-        let span = now.saturating_duration_since(start.0);
-        (span >= MIN_RATE_WINDOW).then(|| (self.total - start.1) as f64 / span.as_secs_f64())
+        self.received.rate(window, MIN_RATE_WINDOW, now)
     }
 
     fn floor(&self) -> u64 {
@@ -243,7 +229,7 @@ mod tests {
         let now = feed(&mut pipeline, now, 256 << 10, 5e6, 3.0);
         let rate = pipeline.rate(now).unwrap();
         assert!((rate - 5e6).abs() / 5e6 < 0.1, "{rate}");
-        assert!(pipeline.received.len() < 100, "the window is bounded");
+        assert!(pipeline.received.samples() < 100, "the window is bounded");
     }
 
     #[test]

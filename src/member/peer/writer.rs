@@ -15,7 +15,7 @@ use anyhow::Result;
 use super::link::PeerOut;
 use super::outbox::{Next, Outgoing};
 use super::PeerLink;
-use crate::member::fair_share::SendRate;
+use crate::member::fair_share;
 use crate::member::shared::Shared;
 use crate::member::throttle::CHUNK;
 use crate::orch::Span;
@@ -30,7 +30,7 @@ pub fn write_loop(shared: &Shared, link: &PeerLink, mut out: PeerOut) -> Result<
     // takes for a hang loses what it knew of us and dials again.
     let ping_every = (shared.config.peer_timeout / 3).min(MAX_PING_INTERVAL);
     // What this connection has been sending, for a spreading seeder's even shares.
-    let mut own_rate = SendRate::default();
+    let mut own_rate = fair_share::connection_rate();
     let mut paced = false;
     loop {
         let item = match link
@@ -65,7 +65,7 @@ pub fn write_loop(shared: &Shared, link: &PeerLink, mut out: PeerOut) -> Result<
                 let even = shared.origin && shared.is_seeding();
                 if even {
                     let now = Instant::now();
-                    let pace = shared.fair_share.begin(own_rate.rate(now), now);
+                    let pace = shared.fair_share.begin(&own_rate, now);
                     // A socket left unpaced needs no call for each part.
                     if pace.is_some() || paced {
                         paced = pace.is_some();
