@@ -45,7 +45,7 @@ def seed_dir(work, i):
     return os.path.join(work, "seed" if i == 0 else f"seed{i}")
 
 
-def run_once(bins, work, orch_text, members, seeders, limit, key_text=None):
+def run_once(bins, work, orch_text, members, seeder_count, limit, key_text=None):
     conductor = subprocess.Popen(
         [os.path.join(bins, "conductor"), "--listen", "127.0.0.1:0"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -63,7 +63,8 @@ def run_once(bins, work, orch_text, members, seeders, limit, key_text=None):
                 out.write(key_text)
         seeders = [subprocess.Popen(
             [os.path.join(bins, "member"), orch, "--dir", seed_dir(work, i), "--json"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for i in range(seeders)]
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            for i in range(seeder_count)]
         procs.extend(seeders)
         for seeder in seeders:
             wait_line(seeder, '"complete"', limit)
