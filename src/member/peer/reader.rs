@@ -331,15 +331,14 @@ impl<'a> Conversation<'a> {
         }
         let now = Instant::now();
         let depth = self.pipeline.depth(now);
-        // Enough choice that members fetching from one seeder rarely ask for the same part,
-        // little enough that parts arrive near file order (see Picker::pick). Counted before
-        // taking our requests' lock: `Member::status` takes the peer table's, then ours.
+        // Counted before taking our requests' lock: `Member::status` takes the peer table's,
+        // then ours.
         let peers = self.shared.peers.lock().len() as u32;
         let mut requests = self.link.requests.lock();
         if requests.out.is_empty() {
             self.last_progress = now;
         }
-        let window = (2 * peers * depth as u32).max(MIN_PICK_WINDOW);
+        let window = pick_window(peers, depth);
         self.asked.clear();
         self.asked.extend(&requests.out);
         self.asked.extend(self.verifying);
@@ -416,5 +415,36 @@ impl Drop for Conversation<'_> {
             picker.release(index);
         }
         picker.peer_gone(&self.their_have);
+    }
+}
+
+/// How many parts past the first one we lack the picker may choose among, for a member with
+/// `peers` connections keeping `depth` requests out on this one: enough choice that members
+/// fetching from one seeder rarely ask for the same part, little enough that parts arrive near
+/// file order (see `Picker::pick`). A member with a single peer has no other member to differ
+/// from, so it asks within the smallest window of file order: the whole-file hasher then takes
+/// more parts as they are verified instead of reading them back from the file (1 GiB from one
+/// seeder on loopback: 369-873 of 1,024 parts read back, against 854-921).
+fn pick_window(peers: u32, depth: usize) -> u32 {
+    match peers {
+        0 | 1 => MIN_PICK_WINDOW,
+        _ => u32::try_from(depth)
+            .unwrap_or(u32::MAX)
+            .saturating_mul(peers)
+            .saturating_mul(2)
+            .max(MIN_PICK_WINDOW),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_single_peer_is_asked_near_file_order_and_several_at_random_over_their_depths() {
+        assert_eq!(pick_window(1, 64), MIN_PICK_WINDOW);
+        assert_eq!(pick_window(2, 64), 256);
+        assert_eq!(pick_window(8, 1), MIN_PICK_WINDOW);
+        assert_eq!(pick_window(u32::MAX, usize::MAX), u32::MAX);
     }
 }
