@@ -144,6 +144,14 @@ impl SharedBitfield {
         }
     }
 
+    /// How many parts are in the set now.
+    pub fn count(&self) -> u32 {
+        self.words
+            .iter()
+            .map(|word| word.load(Ordering::Relaxed).count_ones())
+            .sum()
+    }
+
     /// The parts in the set now, in order.
     pub fn ones(&self) -> impl Iterator<Item = u32> + '_ {
         (0..self.len).filter(|&index| self.get(index))

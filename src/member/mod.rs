@@ -32,6 +32,7 @@ pub mod spread;
 pub mod storage;
 pub mod swarm;
 pub mod throttle;
+pub mod uplink;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;

@@ -27,6 +27,7 @@ use super::spread::Spread;
 use super::storage::Storage;
 use super::swarm::Book;
 use super::throttle::TokenBucket;
+use super::uplink::{Lag, UplinkGovernor};
 use super::{Event, FailureKind, MemberConfig, Phase};
 use crate::orch::{Orchestra, SwarmId};
 use crate::secure::{AuthFailures, SwarmKeys};
@@ -82,6 +83,8 @@ pub struct Shared {
     /// `--max-upload-rate` and `--max-download-rate`, shared by every connection.
     pub upload_cap: Option<TokenBucket>,
     pub download_cap: Option<TokenBucket>,
+    /// While we download, our uploads yield to our downloads when we fall behind.
+    pub uplink: UplinkGovernor,
     peers_used: Mutex<HashSet<PeerId>>,
     events: Sender<Event>,
     phase: AtomicU8,
@@ -145,6 +148,7 @@ impl Shared {
             counters: Counters::default(),
             upload_cap: parts.config.max_upload_rate.map(TokenBucket::new),
             download_cap: parts.config.max_download_rate.map(TokenBucket::new),
+            uplink: UplinkGovernor::default(),
             peers_used: Mutex::new(HashSet::new()),
             events: parts.events,
             phase: AtomicU8::new(if parts.complete {
@@ -177,6 +181,21 @@ impl Shared {
 
     fn set_phase(&self, phase: Phase) {
         self.phase.store(phase as u8, Ordering::Release);
+    }
+
+    /// How many parts we hold against our peers (for the [`UplinkGovernor`]).
+    pub fn lag(&self) -> Lag {
+        let theirs = self
+            .peers
+            .lock()
+            .values()
+            .map(|link| link.parts_they_have())
+            .collect();
+        Lag {
+            ours: self.picker.lock().parts_done(),
+            theirs,
+            parts: self.orch.part_count(),
+        }
     }
 
     /// True once the file is complete and verified: from then on we only serve.

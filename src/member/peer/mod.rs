@@ -76,6 +76,11 @@ pub struct PeerLink {
 }
 
 impl PeerLink {
+    /// How many parts the peer has told us it has.
+    pub fn parts_they_have(&self) -> u32 {
+        self.their_parts.count()
+    }
+
     pub fn close(&self, shared: &Shared) {
         for index in self.outbox.close() {
             shared.spread.withdraw(index);

@@ -63,27 +63,36 @@ pub fn write_loop(shared: &Shared, link: &PeerLink, mut out: PeerOut) -> Result<
                 let len = span.len;
                 // Only a seeder that spreads: it is the one source of what it has not sent.
                 let even = shared.origin && shared.is_seeding();
-                if even {
-                    let now = Instant::now();
-                    let pace = shared.fair_share.begin(&own_rate, now);
-                    // A socket left unpaced needs no call for each part.
-                    if pace.is_some() || paced {
-                        paced = pace.is_some();
-                        let rate = pace.unwrap_or(u64::MAX);
-                        if let Err(e) = crate::net::pace(&link.stream, rate) {
-                            log::debug!("peer {}: cannot pace: {e}", link.addr);
-                        }
+                // A member downloading, unless the user capped its uploads.
+                let governed =
+                    !shared.origin && !shared.is_seeding() && shared.upload_cap.is_none();
+                let now = Instant::now();
+                let pace = if even {
+                    shared.fair_share.begin(&own_rate, now)
+                } else if governed {
+                    shared.uplink.begin(now, || shared.lag().is_behind())
+                } else {
+                    None
+                };
+                // A socket left unpaced needs no call for each part.
+                if pace.is_some() || paced {
+                    paced = pace.is_some();
+                    let rate = pace.unwrap_or(u64::MAX);
+                    if let Err(e) = crate::net::pace(&link.stream, rate) {
+                        log::debug!("peer {}: cannot pace: {e}", link.addr);
                     }
                 }
                 let sent = out
                     .write_all(PeerMessage::Piece { index, len }.to_line().as_bytes())
                     .and_then(|()| send_part(shared, &mut out, span))
                     .map_err(|e| anyhow::anyhow!("sending part {index}: {e}"));
+                let bytes = if sent.is_ok() { len as u64 } else { 0 };
                 if even {
-                    let bytes = if sent.is_ok() { len as u64 } else { 0 };
                     let now = Instant::now();
                     shared.fair_share.end(bytes, now);
                     own_rate.note(bytes, now);
+                } else if governed {
+                    shared.uplink.end(bytes, Instant::now());
                 }
                 link.outbox.upload_done();
                 shared.note_uploads_changed();
