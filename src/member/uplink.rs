@@ -3,13 +3,15 @@
 //! Why: the acknowledgements of what a member downloads leave by its uplink, behind whatever it
 //! uploads. A member whose uploads fill a slow uplink delays its own acknowledgements, and the
 //! peers sending to it slow down: in the testbed's scenario 3 (uplinks of 20-100 Mbit/s) the
-//! 20-40 Mbit/s members' uplink queues held 30-50 ms of data half the time, and those members
-//! finished last, 1.4 × T_min. Capped at 90 % of their uplinks they download at full rate. But
-//! a cap costs its tenth of the uplink where the uplinks are the swarm's bottleneck and every
-//! download waits on what others can send (scenario 2), so it is on only where it pays: while
-//! this member holds fewer parts than the median peer still downloading, by more than a few
-//! percent of the file ([`Lag`]). The member whose uploads hold its downloads back falls behind;
-//! members that all wait on the same supply stay together and are never capped.
+//! uplink queues of the 20-47 Mbit/s members held 27-43 ms of data at the median sample, and
+//! those members finished last, 1.4 × T_min. Capped at 90 % of their uplinks they download at
+//! full rate. But a cap costs its tenth of the uplink where the uplinks are the swarm's
+//! bottleneck and every download waits on what others can send (scenario 2), so it is on only
+//! where it pays: while this member holds fewer parts than the median peer still downloading,
+//! by more than a few percent of the file ([`Lag`]). The member whose uploads hold its downloads
+//! back falls behind; members that all wait on the same supply stay together and are never
+//! capped. (A cap that follows the queueing delay of the connections we upload on instead, as
+//! LEDBAT does, mistakes the receivers' download queues for ours: see docs/BENCHMARKS.md.)
 //!
 //! The capacity is measured, not told: the rate in the second half of a second during which
 //! some part was being sent all the time (the first half fills the queues; a second with gaps
@@ -30,9 +32,12 @@ const PROBE_EVERY: u64 = 4;
 const PROBE_SHARE: f64 = 1.25;
 /// A window measures the capacity when some part was being sent for this much of its second half.
 const BUSY: f64 = 0.95;
-/// Measured windows whose median is the estimate: a part counts whole in the window it ends
-/// in, so one window's rate is rough.
+/// Measured windows the estimate is the second highest of: a part counts whole in the window
+/// it ends in, so one window's rate is rough, and a busy window's is below the uplink's
+/// while the connections' congestion windows still grow.
 const MEASURES: usize = 5;
+/// Measured windows before any cap.
+const MIN_MEASURES: usize = 3;
 
 /// How far behind its peers a member is, as parts: ours against theirs.
 pub struct Lag {
@@ -125,13 +130,16 @@ impl Inner {
     }
 
     fn capacity(&self) -> Option<f64> {
+        if self.rates.len() < MIN_MEASURES {
+            return None;
+        }
         let mut rates: Vec<f64> = self.rates.iter().copied().collect();
         rates.sort_by(f64::total_cmp);
-        rates.get(rates.len() / 2).copied()
+        rates.get(rates.len() - 2).copied()
     }
 
     fn probing(&self) -> bool {
-        self.rates.is_empty() || self.window.is_multiple_of(PROBE_EVERY)
+        self.capacity().is_none() || self.window.is_multiple_of(PROBE_EVERY)
     }
 }
 
