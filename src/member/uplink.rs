@@ -15,9 +15,10 @@
 //!
 //! The capacity is measured, not told: the rate in the second half of a second during which
 //! some part was being sent all the time (the first half fills the queues; a second with gaps
-//! says only that peers asked for less), the median of the last few such seconds. While the cap
-//! is on, every fourth second is capped a quarter above the estimate instead, so that the
-//! estimate can follow an uplink that is faster than it says.
+//! says only that peers asked for less), the second highest of the last five such seconds once
+//! three are measured (the first busy seconds at a long round trip run below the uplink). While
+//! the cap is on, every fourth second is capped a quarter above the estimate instead, so that
+//! the estimate can follow an uplink that is faster than it says.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
