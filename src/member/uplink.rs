@@ -82,8 +82,10 @@ struct Inner {
     /// Parts being sent now, and since when one has been.
     sending: usize,
     busy_since: Option<Instant>,
-    /// The measured windows' rates, oldest first, bytes per second.
+    /// The measured windows' rates, oldest first, bytes per second, and the estimate taken
+    /// from them (kept, since every part asks for it).
     rates: VecDeque<f64>,
+    capacity: Option<f64>,
     /// Whether we are behind, and the window that was last checked in.
     behind: bool,
     checked: Option<u64>,
@@ -123,6 +125,7 @@ impl Inner {
             }
             self.rates
                 .push_back(self.late_bytes as f64 / late.as_secs_f64());
+            self.capacity = estimate(&self.rates);
         }
         self.window += 1;
         self.started = Some(now);
@@ -130,18 +133,19 @@ impl Inner {
         self.late_busy = Duration::ZERO;
     }
 
-    fn capacity(&self) -> Option<f64> {
-        if self.rates.len() < MIN_MEASURES {
-            return None;
-        }
-        let mut rates: Vec<f64> = self.rates.iter().copied().collect();
-        rates.sort_by(f64::total_cmp);
-        rates.get(rates.len() - 2).copied()
-    }
-
     fn probing(&self) -> bool {
-        self.capacity().is_none() || self.window.is_multiple_of(PROBE_EVERY)
+        self.capacity.is_none() || self.window.is_multiple_of(PROBE_EVERY)
     }
+}
+
+/// The second highest of the measured rates, once there are enough of them.
+fn estimate(rates: &VecDeque<f64>) -> Option<f64> {
+    if rates.len() < MIN_MEASURES {
+        return None;
+    }
+    let mut sorted: Vec<f64> = rates.iter().copied().collect();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() - 2).copied()
 }
 
 impl UplinkGovernor {
@@ -166,7 +170,7 @@ impl UplinkGovernor {
                     } else {
                         "caught up, uploads not capped"
                     },
-                    inner.capacity().unwrap_or(0.0) * 8e-6
+                    inner.capacity.unwrap_or(0.0) * 8e-6
                 );
             }
             inner.behind = behind;
@@ -180,7 +184,7 @@ impl UplinkGovernor {
         }
         let share = if inner.probing() { PROBE_SHARE } else { SHARE };
         let sending = inner.sending as f64;
-        inner.capacity().map(|c| (c * share / sending) as u64)
+        inner.capacity.map(|c| (c * share / sending) as u64)
     }
 
     /// The part is sent (or failed): `bytes` went out.
