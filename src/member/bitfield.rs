@@ -152,9 +152,9 @@ impl SharedBitfield {
             .sum()
     }
 
-    /// The parts in the set now, in order.
-    pub fn ones(&self) -> impl Iterator<Item = u32> + '_ {
-        (0..self.len).filter(|&index| self.get(index))
+    /// The parts not in the set now, in order.
+    pub fn missing(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.len).filter(|&index| !self.get(index))
     }
 }
 
@@ -199,7 +199,7 @@ mod tests {
     }
 
     #[test]
-    fn a_shared_set_holds_what_was_added() {
+    fn a_shared_set_holds_what_was_added_and_counts_it() {
         let set = SharedBitfield::new(130);
         let mut map = Bitfield::new(130);
         map.set(0);
@@ -208,7 +208,11 @@ mod tests {
         set.set(64);
         set.set(130); // past the end: ignored
         assert!(set.get(0) && set.get(64) && set.get(129) && !set.get(1) && !set.get(130));
-        assert_eq!(set.ones().collect::<Vec<_>>(), [0, 64, 129]);
+        assert_eq!(set.count(), 3);
+        let missing: Vec<u32> = set.missing().collect();
+        assert_eq!(missing.len(), 127);
+        assert!(missing.windows(2).all(|w| w[0] < w[1]), "in order");
+        assert!(!missing.iter().any(|i| [0, 64, 129].contains(i)));
     }
 
     #[test]

@@ -73,6 +73,10 @@ pub struct PeerLink {
     /// those to it, since it will never ask for them, until we are complete (see
     /// [`PeerLink::announce_complete`]).
     their_parts: SharedBitfield,
+    /// The parts we have told the peer we have (our have-map and `HAVE`s): once complete we
+    /// tell it the rest. Not the same as `their_parts`: a part stored before the peer's map
+    /// arrived is told although the peer has it.
+    told: SharedBitfield,
 }
 
 impl PeerLink {
@@ -118,9 +122,14 @@ impl PeerLink {
     /// had them, so that it sees we have every part (and closes our connection once it is
     /// complete too).
     pub fn announce_complete(&self) {
-        for index in self.their_parts.ones() {
-            self.send(PeerMessage::Have(index));
+        for index in self.told.missing() {
+            self.tell(index);
         }
+    }
+
+    fn tell(&self, index: u32) {
+        self.told.set(index);
+        self.send(PeerMessage::Have(index));
     }
 }
 
@@ -192,6 +201,7 @@ pub fn serve(
         connected_at: Instant::now(),
         held_back: Mutex::new(Bitfield::new(shared.orch.part_count())),
         their_parts: SharedBitfield::new(shared.orch.part_count()),
+        told: SharedBitfield::new(shared.orch.part_count()),
     });
     let mut registered = Registered::new(shared, &link)?;
     if let Some(listen_addr) = listen_addr {
@@ -269,7 +279,11 @@ impl<'a> Registered<'a> {
         // peer table before picker (see `crate::member::shared`): the picker first here, while
         // a status report held the table and waited for a connection's requests, whose reader
         // waited for the picker, was a deadlock.
-        let map = shared.picker.lock().have().as_bytes().to_vec();
+        let map = {
+            let picker = shared.picker.lock();
+            link.told.set_all(picker.have());
+            picker.have().as_bytes().to_vec()
+        };
         link.outbox.push(Outgoing::HaveMap(map));
         peers.insert(link.peer_id, Arc::clone(link));
         Ok(Registered {
@@ -391,7 +405,7 @@ fn announce_part(shared: &Shared, index: u32, from: Option<&PeerLink>) {
             link.send(PeerMessage::Cancel(index));
         }
         if !link.their_parts.get(index) {
-            link.send(PeerMessage::Have(index));
+            link.tell(index);
         }
     }
 }
