@@ -44,10 +44,7 @@ pub struct Conversation<'a> {
     pipeline: Pipeline,
     buffer: Vec<u8>,
     verifier: Verifier,
-    /// The part handed to the verifier last, which may still be being checked: not to be asked
-    /// of this peer again meanwhile, though it is no longer among the requests out.
-    verifying: Option<u32>,
-    /// The requests out plus [`Conversation::verifying`], for the picker.
+    /// The requests out plus the parts still being checked, for the picker.
     asked: Vec<u32>,
     /// Parts this peer rejected, and when: not asked again for [`REJECT_RETRY`].
     rejected: Vec<(u32, Instant)>,
@@ -79,7 +76,6 @@ impl<'a> Conversation<'a> {
             pipeline,
             buffer: Vec::new(),
             verifier,
-            verifying: None,
             asked: Vec::new(),
             rejected: Vec::new(),
             last_progress: Instant::now(),
@@ -295,7 +291,6 @@ impl<'a> Conversation<'a> {
             self.shared.picker.lock().release(index);
             bail!(why);
         }
-        self.verifying = Some(index);
         Ok(())
     }
 
@@ -341,7 +336,7 @@ impl<'a> Conversation<'a> {
         let window = pick_window(peers, depth);
         self.asked.clear();
         self.asked.extend(&requests.out);
-        self.asked.extend(self.verifying);
+        self.verifier.add_checking(&mut self.asked);
         while requests.out.len() < depth {
             let picked = self
                 .shared
