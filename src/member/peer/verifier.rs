@@ -72,11 +72,11 @@ impl Verifier {
         // Buffers kept for the reader to fill again: one for each part that can be held.
         let (give_back, spares) = mpsc::sync_channel(checkers + waiting + 1);
         let state = Arc::new(State::default());
-        for _ in 0..checkers {
+        for started in 0..checkers {
             let incoming = Arc::clone(&incoming);
             let give_back = give_back.clone();
             let state = Arc::clone(&state);
-            std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name("peer-verify".into())
                 .spawn_scoped(scope, move || {
                     if let Err(reason) =
@@ -87,7 +87,19 @@ impl Verifier {
                         link.close(shared);
                         release_the_rest(shared, &incoming, &state);
                     }
-                })?;
+                });
+            match spawned {
+                Ok(_) => {}
+                // One checker is enough to go on with, only slower on a fast link.
+                Err(e) if started > 0 => {
+                    log::debug!(
+                        "peer {}: cannot start a second part checker: {e}",
+                        link.addr
+                    );
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(Verifier {
             parts,
